@@ -1,0 +1,27 @@
+# The two commands a newcomer runs on a fresh machine:
+#   make site   - install, validate the data, build and serve the site on http://127.0.0.1:8000
+#   make test   - install with the test extras and run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# A local CPU build of PyTorch, where the machine provides one, avoids pulling CUDA wheels.
+TORCH_CPU := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
+
+.PHONY: site test venv
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+venv: $(VENV)/bin/python
+
+site: venv
+	$(PY) -m pip install -e '.[site]'
+	$(PY) -m tools validate
+	$(PY) -m mkdocs build --strict
+	$(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
+
+test: venv
+	$(if $(TORCH_CPU),$(PY) -m pip install '$(TORCH_CPU)')
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pytest
