@@ -1,0 +1,281 @@
+"""Pydantic models for the taxonomy (`taxonomy/taxonomy.yaml`) and for one paper (`papers/<id>.yaml`).
+
+The models check what a single file can show on its own; rules that span files (unique ids, taxonomy
+paths that exist, facet values a node allows, near-duplicate titles) live in `tools.checks`.
+The JSON Schema in `taxonomy/paper.schema.json` is generated from `Paper` (`python -m tools schema`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+ARXIV_PATTERN = r"^(?:\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})$"
+DOI_PATTERN = r"^10\.\d{4,9}/\S+$"
+NODE_PATH_PATTERN = r"^[a-z0-9-]+(?:/[a-z0-9-]+)*$"
+FIRST_YEAR = 1990
+MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>")
+
+
+def _no_markup(text: str) -> str:
+    if MARKUP.search(text):
+        raise ValueError("must be plain text: remove the HTML tag (e.g. '<i>', '<script>')")
+    return text
+
+
+def _no_control_chars(text: str) -> str:
+    if any(ord(ch) < 32 and ch not in "\n\t" for ch in text):
+        raise ValueError("contains a control character; retype the text")
+    return text
+
+
+def _web_url(url: HttpUrl) -> HttpUrl:
+    if url.host is None or "." not in url.host and url.host != "localhost":
+        raise ValueError(f"'{url}' has no proper host name; give a full address like https://github.com/org/repo")
+    return url
+
+
+PlainText = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1),
+    AfterValidator(_no_control_chars),
+    AfterValidator(_no_markup),
+]
+WebUrl = Annotated[HttpUrl, AfterValidator(_web_url)]
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=80)]
+NodePath = Annotated[str, StringConstraints(pattern=NODE_PATH_PATTERN)]
+
+
+class Kind(str, Enum):
+    method = "method"
+    benchmark = "benchmark"
+    model = "model"
+    system = "system"
+    survey = "survey"
+
+
+class VenueType(str, Enum):
+    conference = "conference"
+    journal = "journal"
+    workshop = "workshop"
+    preprint = "preprint"
+
+
+class Source(str, Enum):
+    """Where the survey (or its authors' paper list) mentions a work."""
+
+    figure_3 = "figure-3"
+    table_2 = "table-2"
+    table_3 = "table-3"
+    table_4 = "table-4"
+    table_6 = "table-6"
+    appendix_b3 = "appendix-b3"
+    appendix_c = "appendix-c"
+    appendix_f = "appendix-f"
+    repo_list = "repo-list"
+    bibliography = "bibliography"
+    community = "community"
+
+
+class Paper(BaseModel):
+    """One work in the repository: `papers/<id>.yaml`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+    id: Slug = Field(description="Stable lowercase slug, equal to the file name without .yaml, e.g. 'fastv-2024'.")
+    name: PlainText | None = Field(
+        default=None,
+        max_length=60,
+        description="Short method, model or benchmark name as the survey writes it, e.g. 'FastV'.",
+    )
+    title: PlainText = Field(max_length=300, description="Full title as published.")
+    authors: list[PlainText] = Field(
+        min_length=1, description="Authors in order, each as 'Given Family', e.g. 'Liang Chen'."
+    )
+    authors_truncated: bool = Field(
+        default=False, description="True when the source lists only the first authors ('and N others')."
+    )
+    year: int = Field(description="Year of the version cited (publication year, or preprint year).")
+    venue: PlainText = Field(max_length=80, description="Short venue name, e.g. 'CVPR', 'NeurIPS', 'arXiv'.")
+    venue_type: VenueType = Field(description="conference, journal, workshop or preprint.")
+    arxiv: Annotated[str, StringConstraints(pattern=ARXIV_PATTERN)] | None = Field(
+        default=None, description="Bare arXiv identifier without version, e.g. '2403.06764'."
+    )
+    doi: Annotated[str, StringConstraints(pattern=DOI_PATTERN)] | None = Field(
+        default=None, description="DOI without the resolver prefix, e.g. '10.1109/ICCV51070.2023.00532'."
+    )
+    url: WebUrl | None = Field(default=None, description="Canonical page of the paper (proceedings, OpenReview, arXiv).")
+    code: WebUrl | None = Field(default=None, description="Source code repository, if public.")
+    project_page: WebUrl | None = Field(default=None, description="Project or demo page, if any.")
+    kind: Kind = Field(description="method, benchmark, model, system or survey.")
+    taxonomy: list[NodePath] = Field(
+        min_length=1,
+        description="Taxonomy node paths from taxonomy/taxonomy.yaml; the first is the primary placement.",
+    )
+    attributes: dict[str, str] = Field(
+        default_factory=dict,
+        description="Facet values, e.g. {modality: video, training: free}; the node decides which facets apply.",
+    )
+    models: list[PlainText] = Field(default_factory=list, description="Models evaluated, e.g. 'LLaVA-1.5-7B'.")
+    benchmarks: list[PlainText] = Field(default_factory=list, description="Benchmarks evaluated on.")
+    summary: PlainText = Field(
+        min_length=20, max_length=600, description="One sentence in our own words on what the work does."
+    )
+    sources: list[Source] = Field(
+        min_length=1, description="Where the survey mentions the work: figure-3, table-2, repo-list, ..."
+    )
+    added: dt.date = Field(description="Date the entry entered this repository (YYYY-MM-DD).")
+    notes: PlainText | None = Field(default=None, description="Anything else worth knowing (optional).")
+
+    @field_validator("year")
+    @classmethod
+    def year_is_plausible(cls, year: int) -> int:
+        last = dt.date.today().year + 1
+        if not FIRST_YEAR <= year <= last:
+            raise ValueError(f"year {year} is not plausible; use a year between {FIRST_YEAR} and {last}")
+        return year
+
+    @field_validator("taxonomy", "authors", "sources")
+    @classmethod
+    def no_repeats(cls, items: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for item in items:
+            if item in seen:
+                raise ValueError(f"'{item}' is listed twice; keep one")
+            seen.add(item)
+        return items
+
+    @model_validator(mode="after")
+    def preprint_has_arxiv(self) -> Paper:
+        if self.venue_type == VenueType.preprint.value and not (self.arxiv or self.doi or self.url):
+            raise ValueError("a preprint needs an 'arxiv' id, a 'doi' or a 'url' so readers can find it")
+        return self
+
+    @property
+    def stage(self) -> str:
+        """Top-level taxonomy node of the primary placement, e.g. 'prefilling'."""
+        return self.taxonomy[0].split("/", 1)[0]
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.title
+
+
+class Facet(BaseModel):
+    """A facet (attribute) a paper may carry, with the values it can take."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: PlainText = Field(description="Human-readable name, e.g. 'Input modality'.")
+    description: PlainText
+    values: dict[Slug, PlainText] = Field(min_length=1, description="Allowed values with one-line meanings.")
+
+
+class Node(BaseModel):
+    """A node of the taxonomy tree. `id` is the last path segment; `path` joins the ancestors' ids."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+    id: Slug
+    name: PlainText
+    description: PlainText
+    survey_section: PlainText | None = None
+    bottleneck: PlainText | None = None
+    primary_metric: PlainText | None = None
+    kind: Kind | None = Field(default=None, description="Kind of work this subtree holds; stages must set it.")
+    facets: dict[Slug, list[Slug]] = Field(
+        default_factory=dict, description="Facets this node adds for its papers, with the allowed values."
+    )
+    children: list[Node] = Field(default_factory=list)
+
+
+class Taxonomy(BaseModel):
+    """The whole tree, with the facet vocabulary."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    facets: dict[Slug, Facet]
+    stages: list[Node] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def stages_declare_kind(cls, stages: list[Node]) -> list[Node]:
+        for stage in stages:
+            if stage.kind is None:
+                raise ValueError(f"stage '{stage.id}' needs a 'kind' (method, benchmark, model, system or survey)")
+        return stages
+
+    @model_validator(mode="after")
+    def facets_are_declared(self) -> Taxonomy:
+        for node in self.stages:
+            self._check_facets(node, node.id)
+        return self
+
+    def flatten(self) -> dict[str, PlacedNode]:
+        """Every node by path, depth first, with what it inherits from its ancestors resolved."""
+        placed: dict[str, PlacedNode] = {}
+
+        def visit(node: Node, parent: PlacedNode | None) -> None:
+            path = f"{parent.path}/{node.id}" if parent else node.id
+            facets = dict(parent.facets) if parent else {}
+            facets.update({name: tuple(values) for name, values in node.facets.items()})
+            here = PlacedNode(
+                path=path,
+                node=node,
+                parent=parent.path if parent else None,
+                depth=parent.depth + 1 if parent else 0,
+                kind=node.kind or parent.kind,
+                bottleneck=node.bottleneck or (parent.bottleneck if parent else None),
+                primary_metric=node.primary_metric or (parent.primary_metric if parent else None),
+                facets=facets,
+            )
+            placed[path] = here
+            for child in node.children:
+                visit(child, here)
+
+        for stage in self.stages:
+            visit(stage, None)
+        return placed
+
+    def _check_facets(self, node: Node, path: str) -> None:
+        for facet, values in node.facets.items():
+            if facet not in self.facets:
+                raise ValueError(f"node '{path}' uses facet '{facet}', which is not declared under 'facets'")
+            unknown = sorted(set(values) - set(self.facets[facet].values))
+            if unknown:
+                raise ValueError(f"node '{path}' allows {unknown} for facet '{facet}', which it does not declare")
+        for child in node.children:
+            self._check_facets(child, f"{path}/{child.id}")
+
+
+@dataclass(frozen=True)
+class PlacedNode:
+    """A taxonomy node at its place in the tree, with inherited kind, bottleneck, metric and facets."""
+
+    path: str
+    node: Node
+    parent: str | None
+    depth: int
+    kind: str
+    bottleneck: str | None
+    primary_metric: str | None
+    facets: dict[str, tuple[str, ...]]
+
+    @property
+    def stage(self) -> str:
+        return self.path.split("/", 1)[0]
