@@ -1,7 +1,8 @@
 """Pydantic models for the taxonomy (`taxonomy/taxonomy.yaml`) and for one paper (`papers/<id>.yaml`).
 
-The models check what a single file can show on its own; rules that span files (unique ids, taxonomy
-paths that exist, facet values a node allows, near-duplicate titles) live in `tools.checks`.
+The models check what a single value can show on its own; rules that relate fields or files (unique ids, taxonomy
+paths that exist, facet values a node allows, a preprint that readers can find, near-duplicate titles) live
+in `tools.checks`.
 The JSON Schema in `taxonomy/paper.schema.json` is generated from `Paper` (`python -m tools schema`).
 """
 
@@ -11,7 +12,7 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -29,18 +30,23 @@ ARXIV_PATTERN = r"^(?:\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})$"
 DOI_PATTERN = r"^10\.\d{4,9}/\S+$"
 NODE_PATH_PATTERN = r"^[a-z0-9-]+(?:/[a-z0-9-]+)*$"
 FIRST_YEAR = 1990
-MARKUP = re.compile(r"<\s*/?\s*[a-zA-Z!][^>]*>")
 
 
-def _no_markup(text: str) -> str:
-    if MARKUP.search(text):
-        raise ValueError("must be plain text: remove the HTML tag (e.g. '<i>', '<script>')")
-    return text
+PLACEHOLDER = "TODO:"  # what `python -m tools new` writes where the source cannot give a value
+UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|<\s*/?\s*[a-zA-Z!][^>]*>")
 
 
-def _no_control_chars(text: str) -> str:
-    if any(ord(ch) < 32 and ch not in "\n\t" for ch in text):
-        raise ValueError("contains a control character; retype the text")
+def _plain_text(text: str) -> str:
+    """Reject placeholders, HTML tags and control characters (cheap: this runs for every string of every paper)."""
+    if text.isprintable() and "<" not in text and not text.startswith(PLACEHOLDER):
+        return text  # the common case, decided without a regex
+    if text.startswith(PLACEHOLDER):
+        raise ValueError(f"is still a placeholder; {text[len(PLACEHOLDER):].strip()}")
+    found = UNSAFE_TEXT.search(text)
+    if found:
+        if found.group().startswith("<"):
+            raise ValueError(f"must be plain text: remove the HTML tag '{found.group()[:40]}'")
+        raise ValueError(f"contains the control character {found.group()!r}; retype the text")
     return text
 
 
@@ -50,12 +56,20 @@ def _web_url(url: HttpUrl) -> HttpUrl:
     return url
 
 
-PlainText = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1),
-    AfterValidator(_no_control_chars),
-    AfterValidator(_no_markup),
-]
+def plain_text(min_length: int = 1, max_length: int | None = None) -> Any:
+    """A stripped, non-empty string without markup or control characters, with optional length bounds.
+
+    The bounds must sit inside the `Annotated` type: pydantic ignores `Field(max_length=...)` on a type that
+    carries its own validators.
+    """
+    return Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=min_length, max_length=max_length),
+        AfterValidator(_plain_text),
+    ]
+
+
+PlainText = plain_text()
 WebUrl = Annotated[HttpUrl, AfterValidator(_web_url)]
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN, max_length=80)]
 NodePath = Annotated[str, StringConstraints(pattern=NODE_PATH_PATTERN)]
@@ -98,12 +112,11 @@ class Paper(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
 
     id: Slug = Field(description="Stable lowercase slug, equal to the file name without .yaml, e.g. 'fastv-2024'.")
-    name: PlainText | None = Field(
+    name: plain_text(max_length=60) | None = Field(
         default=None,
-        max_length=60,
         description="Short method, model or benchmark name as the survey writes it, e.g. 'FastV'.",
     )
-    title: PlainText = Field(max_length=300, description="Full title as published.")
+    title: plain_text(max_length=300) = Field(description="Full title as published.")
     authors: list[PlainText] = Field(
         min_length=1, description="Authors in order, each as 'Given Family', e.g. 'Liang Chen'."
     )
@@ -111,7 +124,7 @@ class Paper(BaseModel):
         default=False, description="True when the source lists only the first authors ('and N others')."
     )
     year: int = Field(description="Year of the version cited (publication year, or preprint year).")
-    venue: PlainText = Field(max_length=80, description="Short venue name, e.g. 'CVPR', 'NeurIPS', 'arXiv'.")
+    venue: plain_text(max_length=80) = Field(description="Short venue name, e.g. 'CVPR', 'NeurIPS', 'arXiv'.")
     venue_type: VenueType = Field(description="conference, journal, workshop or preprint.")
     arxiv: Annotated[str, StringConstraints(pattern=ARXIV_PATTERN)] | None = Field(
         default=None, description="Bare arXiv identifier without version, e.g. '2403.06764'."
@@ -119,7 +132,9 @@ class Paper(BaseModel):
     doi: Annotated[str, StringConstraints(pattern=DOI_PATTERN)] | None = Field(
         default=None, description="DOI without the resolver prefix, e.g. '10.1109/ICCV51070.2023.00532'."
     )
-    url: WebUrl | None = Field(default=None, description="Canonical page of the paper (proceedings, OpenReview, arXiv).")
+    url: WebUrl | None = Field(
+        default=None, description="Canonical page of the paper (proceedings, OpenReview, arXiv)."
+    )
     code: WebUrl | None = Field(default=None, description="Source code repository, if public.")
     project_page: WebUrl | None = Field(default=None, description="Project or demo page, if any.")
     kind: Kind = Field(description="method, benchmark, model, system or survey.")
@@ -133,8 +148,8 @@ class Paper(BaseModel):
     )
     models: list[PlainText] = Field(default_factory=list, description="Models evaluated, e.g. 'LLaVA-1.5-7B'.")
     benchmarks: list[PlainText] = Field(default_factory=list, description="Benchmarks evaluated on.")
-    summary: PlainText = Field(
-        min_length=20, max_length=600, description="One sentence in our own words on what the work does."
+    summary: plain_text(min_length=20, max_length=600) = Field(
+        description="One sentence in our own words on what the work does."
     )
     sources: list[Source] = Field(
         min_length=1, description="Where the survey mentions the work: figure-3, table-2, repo-list, ..."
@@ -159,12 +174,6 @@ class Paper(BaseModel):
                 raise ValueError(f"'{item}' is listed twice; keep one")
             seen.add(item)
         return items
-
-    @model_validator(mode="after")
-    def preprint_has_arxiv(self) -> Paper:
-        if self.venue_type == VenueType.preprint.value and not (self.arxiv or self.doi or self.url):
-            raise ValueError("a preprint needs an 'arxiv' id, a 'doi' or a 'url' so readers can find it")
-        return self
 
     @property
     def stage(self) -> str:

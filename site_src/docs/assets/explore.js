@@ -1,0 +1,231 @@
+/* Explore page: loads the rows from assets/data/explore.json, filters them with the form, keeps the filter
+   in the query string, sorts by column and downloads the BibTeX of the rows shown.
+   The DOM is built with textContent and attributes only: no paper text is ever parsed as HTML. */
+(function () {
+  "use strict";
+
+  var BASE_FIELDS = ["q", "stage", "node", "venue", "from", "to", "code"];
+  var bibtexCache = null;
+
+  function rowsOf(data) {
+    var col = {};
+    data.columns.forEach(function (name, index) { col[name] = index; });
+    return data.rows.map(function (raw) {
+      var nodes = raw[col.nodes].map(function (i) { return data.nodes[i][0]; });
+      var facets = {};
+      data.facets.forEach(function (facet, i) { facets[facet] = raw[col.facets][i]; });
+      var primary = raw[col.nodes].length ? data.nodes[raw[col.nodes][0]] : ["", ""];
+      return {
+        id: raw[col.id], name: raw[col.name], title: raw[col.title], authors: raw[col.authors],
+        year: raw[col.year], venue: raw[col.venue], nodes: nodes, facets: facets, code: raw[col.code] === 1,
+        key: raw[col.key], stage: primary[0].split("/")[0], node: primary[0], nodeName: primary[1],
+        hay: (raw[col.name] + " " + raw[col.title] + " " + raw[col.authors] + " " + raw[col.venue]).toLowerCase()
+      };
+    });
+  }
+
+  function readForm(form, fields) {
+    var values = {};
+    fields.forEach(function (name) {
+      var input = form.elements[name];
+      if (!input) return;
+      var value = input.type === "checkbox" ? (input.checked ? "1" : "") : input.value.trim();
+      if (value) values[name] = value;
+    });
+    return values;
+  }
+
+  function writeForm(form, fields, values) {
+    fields.forEach(function (name) {
+      var input = form.elements[name];
+      if (!input) return;
+      if (input.type === "checkbox") input.checked = values[name] === "1";
+      else input.value = values[name] || "";
+    });
+  }
+
+  function matches(row, filter, facetNames) {
+    if (filter.stage && row.stage !== filter.stage) return false;
+    if (filter.node && !row.nodes.some(function (p) {
+      return p === filter.node || p.indexOf(filter.node + "/") === 0;
+    })) return false;
+    if (filter.venue && row.venue !== filter.venue) return false;
+    if (filter.from && row.year < Number(filter.from)) return false;
+    if (filter.to && row.year > Number(filter.to)) return false;
+    if (filter.code && !row.code) return false;
+    for (var i = 0; i < facetNames.length; i++) {
+      var want = filter[facetNames[i]];
+      if (want && row.facets[facetNames[i]] !== want) return false;
+    }
+    if (filter.q) {
+      var terms = filter.q.toLowerCase().split(/\s+/);
+      for (var t = 0; t < terms.length; t++) if (row.hay.indexOf(terms[t]) < 0) return false;
+    }
+    return true;
+  }
+
+  var SORTS = {
+    title: function (r) { return (r.name || r.title).toLowerCase(); },
+    year: function (r) { return r.year; },
+    venue: function (r) { return r.venue.toLowerCase(); },
+    node: function (r) { return r.node; },
+    code: function (r) { return r.code ? 1 : 0; }
+  };
+
+  function sortRows(rows, sort, order) {
+    var key = SORTS[sort] || SORTS.year;
+    var sign = order === "asc" ? 1 : -1;
+    return rows.slice().sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x < y) return -sign;
+      if (x > y) return sign;
+      return a.id < b.id ? -1 : 1;
+    });
+  }
+
+  function cell(tr, child) {
+    var td = document.createElement("td");
+    if (typeof child === "string") td.textContent = child; else td.appendChild(child);
+    tr.appendChild(td);
+    return td;
+  }
+
+  function renderRows(body, rows, papersBase) {
+    var fragment = document.createDocumentFragment();
+    rows.forEach(function (row) {
+      var tr = document.createElement("tr");
+      var link = document.createElement("a");
+      link.setAttribute("href", papersBase + encodeURIComponent(row.id) + "/");
+      var title = row.title;
+      if (row.name) {
+        var strong = document.createElement("strong");
+        strong.textContent = row.name;
+        link.appendChild(strong);
+        if (title.indexOf(row.name) === 0) title = title.slice(row.name.length);
+        else link.appendChild(document.createTextNode(": "));
+      }
+      link.appendChild(document.createTextNode(title));
+      var work = cell(tr, link);
+      var authors = document.createElement("div");
+      authors.className = "lvlm-muted lvlm-explore__authors";
+      authors.textContent = row.authors;
+      work.appendChild(authors);
+      cell(tr, String(row.year));
+      cell(tr, row.venue);
+      cell(tr, row.nodeName);
+      cell(tr, row.code ? "yes" : "–");
+      fragment.appendChild(tr);
+    });
+    body.replaceChildren(fragment);
+    if (!rows.length) {
+      var empty = document.createElement("tr");
+      cell(empty, "No paper matches this filter.").colSpan = 5;
+      body.appendChild(empty);
+    }
+  }
+
+  function bibtexEntries(text) {
+    var byKey = {};
+    text.split(/\n(?=@)/).forEach(function (chunk) {
+      var match = /^@\w+\s*\{\s*([^,\s]+)\s*,/.exec(chunk.trim());
+      if (match) byKey[match[1]] = chunk.trim();
+    });
+    return byKey;
+  }
+
+  function download(name, text) {
+    var blob = new Blob([text], { type: "application/x-bibtex;charset=utf-8" });
+    var url = URL.createObjectURL(blob);
+    var a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 1000);
+  }
+
+  function setup(root, data) {
+    var form = root.querySelector("form");
+    var body = root.querySelector("#lvlm-rows");
+    var count = root.querySelector("#lvlm-count");
+    var facetNames = data.facets;
+    var fields = BASE_FIELDS.concat(facetNames);
+    var rows = rowsOf(data);
+    var params = new URLSearchParams(window.location.search);
+    var initial = {};
+    fields.forEach(function (name) { if (params.get(name)) initial[name] = params.get(name); });
+    var sort = params.get("sort") || "year";
+    var order = params.get("order") || (sort === "year" ? "desc" : "asc");
+    var shown = [];
+    writeForm(form, fields, initial);
+
+    function update(pushUrl) {
+      var filter = readForm(form, fields);
+      shown = sortRows(rows.filter(function (row) { return matches(row, filter, facetNames); }), sort, order);
+      renderRows(body, shown, root.dataset.papers);
+      count.textContent = String(shown.length);
+      root.querySelectorAll("th button[data-sort]").forEach(function (button) {
+        if (button.dataset.sort === sort) button.setAttribute("aria-sort", order === "asc" ? "ascending" : "descending");
+        else button.removeAttribute("aria-sort");
+      });
+      if (pushUrl) {
+        var query = new URLSearchParams(filter);
+        if (sort !== "year" || order !== "desc") { query.set("sort", sort); query.set("order", order); }
+        var search = query.toString();
+        window.history.replaceState(window.history.state, "",
+          window.location.pathname + (search ? "?" + search : "") + window.location.hash);
+      }
+    }
+
+    form.addEventListener("submit", function (event) { event.preventDefault(); });
+    form.addEventListener("input", function () { update(true); });
+    form.addEventListener("change", function () { update(true); });
+    root.querySelectorAll("th button[data-sort]").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var next = button.dataset.sort;
+        order = next === sort ? (order === "asc" ? "desc" : "asc") : (next === "year" ? "desc" : "asc");
+        sort = next;
+        update(true);
+      });
+    });
+    root.querySelector("#lvlm-reset").addEventListener("click", function () {
+      writeForm(form, fields, {});
+      update(true);
+    });
+    root.querySelector("#lvlm-download").addEventListener("click", function () {
+      var source = bibtexCache ? Promise.resolve(bibtexCache) : fetch(root.dataset.bibtex).then(function (r) {
+        if (!r.ok) throw new Error("papers.bib answered " + r.status);
+        return r.text();
+      });
+      source.then(function (text) {
+        bibtexCache = text;
+        var entries = bibtexEntries(text);
+        var picked = shown.map(function (row) { return entries[row.key]; }).filter(Boolean);
+        var header = "% " + picked.length + " BibTeX entries exported from the explore page: " +
+          window.location.href + "\n\n";
+        download("efficient-lvlm-papers.bib", header + picked.join("\n\n") + "\n");
+      }).catch(function (error) { count.parentNode.title = "Download failed: " + error.message; });
+    });
+    update(false);
+    root.dataset.ready = "done";
+  }
+
+  function init() {
+    var root = document.getElementById("lvlm-explore");
+    if (!root || root.dataset.ready) return;
+    root.dataset.ready = "loading";
+    fetch(root.dataset.source)
+      .then(function (response) {
+        if (!response.ok) throw new Error("explore.json answered " + response.status);
+        return response.json();
+      })
+      .then(function (data) { setup(root, data); })
+      .catch(function (error) {
+        root.querySelector("#lvlm-rows").textContent = "The paper list could not be loaded: " + error.message;
+      });
+  }
+
+  if (typeof window.document$ !== "undefined") window.document$.subscribe(init);
+  else document.addEventListener("DOMContentLoaded", init);
+})();

@@ -1,0 +1,156 @@
+"""Rules that need more than one value or more than one file: ids, duplicates, taxonomy placement, facets.
+
+`check_papers` returns (errors, warnings). Errors fail validation; warnings (titles that are close but not
+identical) are printed for a human to judge.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from rapidfuzz import fuzz
+
+from tools.errors import Problem
+from tools.loading import LoadedPaper, line_of
+from tools.models import PlacedNode, VenueType
+
+NEAR_DUPLICATE_SCORE = 95.0  # rapidfuzz ratio (0-100) of normalised titles from which two papers are flagged
+NON_WORD = re.compile(r"[\W_]+")
+
+
+def check_papers(loaded: list[LoadedPaper], nodes: dict[str, PlacedNode]) -> tuple[list[Problem], list[Problem]]:
+    errors: list[Problem] = []
+    for record in loaded:
+        errors += check_file_name(record)
+        errors += check_findable(record)
+        errors += check_placement(record, nodes)
+    errors += check_unique(loaded, "id", lambda p: p.id)
+    errors += check_unique(loaded, "arxiv", lambda p: p.arxiv)
+    errors += check_unique(loaded, "doi", lambda p: p.doi.lower() if p.doi else None)
+    same_titles, close_titles = check_titles(loaded)
+    return errors + same_titles, close_titles
+
+
+def _problem(record: LoadedPaper, loc: tuple[str | int, ...], message: str) -> Problem:
+    return Problem(record.shown, line_of(record.text, loc), ".".join(map(str, loc)), message)
+
+
+def check_file_name(record: LoadedPaper) -> list[Problem]:
+    stem = record.path.stem
+    if record.paper.id == stem:
+        return []
+    return [_problem(record, ("id",), f"'{record.paper.id}' does not match the file name '{stem}.yaml'; "
+                                      f"rename the file to '{record.paper.id}.yaml' or set id: {stem}")]
+
+
+def check_findable(record: LoadedPaper) -> list[Problem]:
+    paper = record.paper
+    if paper.venue_type == VenueType.preprint.value and not (paper.arxiv or paper.doi or paper.url):
+        return [_problem(record, ("venue_type",), "a preprint needs an 'arxiv' id, a 'doi' or a 'url' so readers "
+                                                  "can find it")]
+    return []
+
+
+def suggest_node(path: str, nodes: Iterable[str]) -> str:
+    """'did you mean ...?' for a mistyped node path, or where to look when nothing is close."""
+    nodes = list(nodes)
+    tail = path.rsplit("/", 1)[-1]
+    candidates = (
+        [n for n in nodes if n.endswith("/" + tail)]  # the right leaf under the wrong parent, or the bare leaf
+        or sorted((n for n in nodes if n.startswith(path)), key=len)  # a prefix of a node path
+        or difflib.get_close_matches(path, nodes, n=1, cutoff=0.6)  # a typo
+    )
+    if candidates:
+        return f"did you mean '{candidates[0]}'?"
+    return "the node paths are listed in taxonomy/taxonomy.yaml (e.g. 'prefilling/token-compression')"
+
+
+def check_placement(record: LoadedPaper, nodes: dict[str, PlacedNode]) -> list[Problem]:
+    paper = record.paper
+    problems = []
+    placed = []
+    for index, path in enumerate(paper.taxonomy):
+        if path in nodes:
+            placed.append(nodes[path])
+        else:
+            message = f"'{path}' is not a node; {suggest_node(path, nodes)}"
+            problems.append(_problem(record, ("taxonomy", index), message))
+    if problems:
+        return problems  # facets cannot be judged against a node that does not exist
+    allowed: dict[str, set[str]] = defaultdict(set)
+    for node in placed:
+        for facet, values in node.facets.items():
+            allowed[facet].update(values)
+    where = f"'{placed[0].path}'" if len(placed) == 1 else "its nodes"
+    for facet, value in paper.attributes.items():
+        if facet not in allowed:
+            offered = ", ".join(sorted(allowed)) or "none"
+            problems.append(_problem(record, ("attributes", facet),
+                                     f"facet '{facet}' is not used at {where}; facets there: {offered}"))
+        elif value not in allowed[facet]:
+            problems.append(_problem(record, ("attributes", facet),
+                                     f"'{value}' is not allowed at {where}; choose one of: "
+                                     f"{', '.join(sorted(allowed[facet]))}"))
+    return problems
+
+
+def check_unique(loaded: list[LoadedPaper], field: str, key: Callable) -> list[Problem]:
+    first: dict[str, LoadedPaper] = {}
+    problems = []
+    for record in loaded:
+        value = key(record.paper)
+        if value is None:
+            continue
+        if value in first:
+            problems.append(_problem(record, (field,), f"'{value}' is already used by {first[value].shown}; "
+                                                       "one work, one file: merge the two entries"))
+        else:
+            first[value] = record
+    return problems
+
+
+def normalise_title(title: str) -> str:
+    """Lower case, accents folded, punctuation dropped: 'Token-Merging: Fast!' -> 'token merging fast'."""
+    folded = title.casefold()
+    if not folded.isascii():
+        folded = "".join(ch for ch in unicodedata.normalize("NFKD", folded) if not unicodedata.combining(ch))
+    return NON_WORD.sub(" ", folded).strip()
+
+
+def check_titles(loaded: list[LoadedPaper]) -> tuple[list[Problem], list[Problem]]:
+    """Identical titles after normalisation are errors; close ones (a preprint and its published version with a
+    word changed) are warnings. Close titles are compared within blocks sharing their first or last three words,
+    which keeps the work linear in practice; two edits at both ends of a title go unnoticed."""
+    same: list[Problem] = []
+    close: list[Problem] = []
+    by_title: dict[str, LoadedPaper] = {}
+    blocks: dict[tuple[str, str], list[tuple[str, LoadedPaper]]] = defaultdict(list)
+    for record in loaded:
+        title = normalise_title(record.paper.title)
+        if title in by_title:
+            other = by_title[title]
+            same.append(_problem(record, ("title",), f"same title as {other.shown} ('{other.paper.id}'); "
+                                                     "one work, one file: merge the two entries"))
+            continue
+        by_title[title] = record
+        words = title.split()
+        blocks["head", " ".join(words[:3])].append((title, record))
+        blocks["tail", " ".join(words[-3:])].append((title, record))
+    reported: set[tuple[str, str]] = set()
+    for members in blocks.values():
+        for i, (title, record) in enumerate(members):
+            for other_title, other in members[:i]:
+                pair = (other.paper.id, record.paper.id)
+                if pair in reported:
+                    continue
+                score = fuzz.ratio(title, other_title, score_cutoff=NEAR_DUPLICATE_SCORE)
+                if score:
+                    reported.add(pair)
+                    close.append(_problem(record, ("title",), f"nearly the same title as {other.shown} "
+                                                              f"({score:.0f}% similar); if they are one work, "
+                                                              "merge the two entries"))
+    return same, close
