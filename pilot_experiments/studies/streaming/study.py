@@ -1,0 +1,342 @@
+"""The streaming study: every policy reads the same SynthVis stream frame by frame and answers the
+same questions at the same moments; we record resident KV, per-frame ingest latency, question
+TTFT and accuracy by how far back the answer lies.
+
+`run_streaming(config)` returns the harness's `StudyRecord`; the harness writes the files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+
+from pilot_experiments import synthvis
+from pilot_experiments.harness import StudyRecord, check_preset, pick_device, progress
+from pilot_experiments.metrics import PeakMemory
+from pilot_experiments.studies.streaming.memory import StreamMemory, answer, patchify
+from pilot_experiments.studies.streaming.policies import (
+    FrameBudget,
+    FullCache,
+    HierarchicalMemory,
+    InfiniPot,
+    SinkWindow,
+    SlidingWindow,
+    StreamPolicy,
+)
+from pilot_experiments.studies.streaming.report import notes, plot, rows
+from pilot_experiments.studies.streaming.stream import (
+    BINS,
+    FrameStream,
+    StreamQuestion,
+    StreamSpec,
+    build_stream,
+    evidence_held,
+)
+from pilot_experiments.train import TrainResult, load_or_train
+
+MIB = 2**20
+POLICY_NAMES = ("full", "window", "sinks+window", "frame-budget", "infinipot", "hierarchical")
+
+
+class StreamingStudyError(RuntimeError):
+    """The study cannot run as configured (unknown preset, model that cannot read the stream)."""
+
+
+@dataclass(frozen=True)
+class StreamingConfig:
+    """One run of the study. Lengths are in frames; the memory budget caps every policy's KV
+    (working cache plus long-term store) and is where the full cache stops."""
+
+    preset: str
+    model_size: str
+    train_preset: str
+    n_frames: int
+    seed: int = 0
+    frame_px: int = 32
+    time_per_frame: float = 0.6
+    window_frames: int = 8
+    sink_tokens: int = 4
+    chunk_frames: int = 4
+    top_chunks: int = 3
+    coarse_after: int = 200
+    tokens_per_frame: int = 16
+    change: float = 0.02
+    memory_budget_mib: float = 128.0
+    near_max: int = 6
+    middle_max: int = 100
+    questions_per_bin: int = 12
+    question_spans: tuple[int, ...] = (480,)  # a span ending before the full cache passes the budget
+    sample_every: int = 10
+    threads: int | None = 1  # torch CPU threads; one avoids oversubscribing a shared 2-core machine
+    policies: tuple[str, ...] = POLICY_NAMES
+
+    def __post_init__(self) -> None:
+        check_preset(self.preset)
+        unknown = set(self.policies) - set(POLICY_NAMES)
+        if unknown:
+            raise StreamingStudyError(f"unknown policies {sorted(unknown)}; choose from {list(POLICY_NAMES)}")
+
+
+PRESETS = {
+    "smoke": StreamingConfig(
+        "smoke", "draft", "smoke", n_frames=60, time_per_frame=1.0, window_frames=3, chunk_frames=2, top_chunks=2,
+        coarse_after=20, tokens_per_frame=8, memory_budget_mib=3.0, near_max=2, middle_max=12, questions_per_bin=2, question_spans=(), sample_every=5,
+    ),
+    # the cpu preset reads a 2,000-frame stream once per policy, so it uses the cpu-trained draft
+    # (3 layers) to stay within minutes on 2 shared cores; `--model target` swaps in the target
+    "cpu": StreamingConfig("cpu", "draft", "cpu", n_frames=2000),
+    "gpu": StreamingConfig(
+        "gpu", "large", "gpu", n_frames=10000, threads=None, frame_px=64, time_per_frame=0.35, window_frames=16, chunk_frames=8,
+        top_chunks=4, coarse_after=1000, tokens_per_frame=48, memory_budget_mib=8192.0, near_max=12, middle_max=500,
+        questions_per_bin=30, question_spans=(1200,), sample_every=50,
+    ),
+}
+def make_policies(cfg: StreamingConfig, tokens_per_frame: int) -> dict[str, StreamPolicy]:
+    """The policies of the study, sized so that every bounded one holds about the same number of
+    working-cache entries as sinks + `window_frames` full frames."""
+    cap = cfg.sink_tokens + cfg.window_frames * tokens_per_frame
+    grid = cfg.frame_px // 4
+    tok = synthvis.Tokenizer()
+    every = {
+        "full": FullCache(),
+        "window": SlidingWindow(cfg.window_frames),
+        "sinks+window": SinkWindow(cfg.sink_tokens, cfg.window_frames),
+        "frame-budget": FrameBudget(cfg.tokens_per_frame, cfg.change, cap, cfg.sink_tokens),
+        "infinipot": InfiniPot(cap, sink_tokens=cfg.sink_tokens),
+        "hierarchical": HierarchicalMemory(
+            cfg.window_frames, cfg.sink_tokens, cfg.chunk_frames, cfg.top_chunks, cfg.change, cfg.coarse_after, grid,
+            content_ids=frozenset(i for i in range(len(tok)) if tok.is_visual_content(i)),
+        ),
+    }
+    return {name: every[name] for name in cfg.policies}
+
+
+@dataclass
+class QuestionResult:
+    question: StreamQuestion
+    predicted: tuple[str, ...]
+    ttft_s: float
+    evidence_in_cache: bool
+    retrieved: bool | None = None
+
+    @property
+    def correct(self) -> bool:
+        return self.predicted == self.question.answer
+
+
+@dataclass
+class PolicyRun:
+    """What one policy did over one stream."""
+
+    name: str
+    frames_ingested: int = 0
+    out_of_budget_at: int | None = None
+    latency_s: list[float] = field(default_factory=list)
+    attended: list[int] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    answers: list[QuestionResult] = field(default_factory=list)
+
+
+@torch.no_grad()
+def run_policy(model, policy: StreamPolicy, stream: FrameStream, cfg: StreamingConfig, tok: synthvis.Tokenizer, on_frame=None) -> PolicyRun:
+    """Feed `stream` to a fresh copy of `policy`, asking each question when its time comes."""
+    policy = replace(policy)
+    device = next(model.parameters()).device
+    grid = cfg.frame_px // model.cfg.patch_px
+    memory = StreamMemory(model, reserve=policy.reserve(grid * grid + 1))
+    run = PolicyRun(policy.name)
+    previous = None
+    budget = cfg.memory_budget_mib * MIB
+    for f in range(stream.n_frames):
+        pixels = stream.pixels(f)[None].to(device)
+        start = time.perf_counter()
+        patches = patchify(pixels[0], model.cfg.patch_px)
+        picked = policy.tokens(patches, previous)
+        visual = model.encode_visual(pixels, torch.tensor([f * cfg.time_per_frame], device=device))[0]
+        run.attended.append(memory.append_frame(visual[picked.to(device)], picked, f))
+        policy.after_frame(memory)
+        run.latency_s.append(time.perf_counter() - start)
+        previous = patches
+        run.frames_ingested = f + 1
+        kv = memory.cache.bytes()
+        long_term = policy.long_term_bytes()
+        if f % cfg.sample_every == 0 or f == stream.n_frames - 1:
+            run.samples.append({"frame": f, "resident": kv.resident, "logical": kv.logical, "long_term": long_term, "entries": memory.length})
+        if on_frame is not None:
+            on_frame()
+        if kv.resident + long_term > budget:
+            run.out_of_budget_at = f
+            break
+        for q in stream.questions_at(f):
+            run.answers.append(ask(model, policy, memory, stream, q, tok))
+    return run
+
+
+def ask(model, policy: StreamPolicy, memory: StreamMemory, stream: FrameStream, q: StreamQuestion, tok: synthvis.Tokenizer) -> QuestionResult:
+    ids = tok.encode(q.question) + [tok.ans_id]
+    start = time.perf_counter()
+    cache, patch = policy.question_cache(memory, ids, extra=len(ids) + len(q.answer) + 2)
+    first, words = answer(model, cache, ids, len(q.answer) + 1)
+    frame = cache[0].view().frame[0, 0, : len(patch)].cpu()
+    held = evidence_held(stream, q, frame, patch)
+    retrieved = None
+    if isinstance(policy, HierarchicalMemory) and not evidence_held(stream, q, memory.frames(), memory.patch):
+        retrieved = held  # the evidence had left the working cache: did retrieval bring it back?
+    return QuestionResult(q, tuple(tok.decode(words).split()), first - start, held, retrieved)
+
+
+@torch.no_grad()
+def oracle_clip(model, stream: FrameStream, q: StreamQuestion, cfg: StreamingConfig, tok: synthvis.Tokenizer) -> bool:
+    """Reference, not a policy: the question read against a short clip laid out as in training,
+    `<bos>`, the evidence frames and the most recent frames (window_frames in all), then the
+    question. Separates what memory loses from what the model cannot do anyway."""
+    recent = [f for f in range(q.time, -1, -1) if f not in q.evidence][: max(0, cfg.window_frames - len(q.evidence))]
+    frames = sorted(set(q.evidence) | set(recent))
+    device = next(model.parameters()).device
+    pixels = torch.stack([stream.pixels(f) for f in frames])[None].to(device)
+    times = torch.tensor([[f * cfg.time_per_frame for f in frames]], device=device)
+    text = torch.tensor([tok.encode(q.question) + [tok.ans_id]], device=device)
+    words = model.generate(model.embed_prompt(pixels, times, text), max_new_tokens=len(q.answer) + 1)
+    return tuple(tok.decode(words).split()) == q.answer
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def _growth(counts: list[int]) -> float | None:
+    """Largest count in the last quarter over the largest in the first quarter."""
+    quarter = len(counts) // 4
+    return max(counts[-quarter:]) / max(counts[:quarter]) if quarter else None
+
+
+def _mean(values: list) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _quantile(values: list[float], q: float) -> float:
+    return float(np.quantile(values, q)) if values else float("nan")
+
+
+def summarise(run: PolicyRun, cfg: StreamingConfig) -> dict:
+    lat = np.array(run.latency_s) * 1e3
+    warm = min(len(lat) - 1, max(cfg.window_frames * 4, len(lat) // 10))
+    steady = lat[warm:]
+    quarters = np.array_split(steady, 4) if len(steady) >= 4 else [steady]
+    by_bin = {}
+    for b in BINS:
+        rs = [r for r in run.answers if r.question.bin == b]
+        by_bin[b] = {"n": len(rs), "accuracy": float(np.mean([r.correct for r in rs])) if rs else None,
+                     "evidence_in_cache": float(np.mean([r.evidence_in_cache for r in rs])) if rs else None}
+    retrieved = [r.retrieved for r in run.answers if r.retrieved is not None]
+    resident = [s["resident"] for s in run.samples]
+    after_warm = [s["resident"] for s in run.samples if s["frame"] >= warm]
+    halves = [after_warm[: len(after_warm) // 2], after_warm[len(after_warm) // 2 :]]
+    return {
+        "frames_ingested": run.frames_ingested,
+        "out_of_budget_at": run.out_of_budget_at,
+        "latency_ms_median": float(np.median(lat)),
+        "latency_ms_p99": float(np.quantile(lat, 0.99)),
+        "latency_ms_median_by_quarter": [float(np.median(q)) for q in quarters],
+        "attended_entries_first_last": [run.attended[warm], run.attended[-1]],
+        "attended_growth": _growth(run.attended[warm:]),
+        "resident_mib_final": resident[-1] / MIB,
+        "resident_mib_peak": max(resident) / MIB,
+        "resident_growth_after_warmup": max(halves[1]) / max(halves[0]) if all(halves) else None,
+        "long_term_mib_final": run.samples[-1]["long_term"] / MIB,
+        "peak_kv_mib": max(s["resident"] + s["long_term"] for s in run.samples) / MIB,
+        "ttft_ms_median": _quantile([r.ttft_s * 1e3 for r in run.answers], 0.5),
+        "accuracy": by_bin,
+        "retrieval_hit_rate": float(np.mean(retrieved)) if retrieved else None,
+        "series": {k: [s[k] for s in run.samples] for k in ("frame", "resident", "long_term", "entries")},
+        "latency_ms_full": lat.round(3).tolist(),
+        "answers": [{"time": r.question.time, "bin": r.question.bin, "distance": r.question.distance, "kind": r.question.kind,
+                     "answer": " ".join(r.question.answer), "predicted": " ".join(r.predicted), "correct": r.correct,
+                     "evidence_in_cache": r.evidence_in_cache, "retrieved": r.retrieved, "ttft_ms": r.ttft_s * 1e3} for r in run.answers],
+    }
+
+
+def run_streaming(cfg: StreamingConfig, trained: TrainResult | None = None) -> StudyRecord:
+    """Run every policy of `cfg` over one stream; `trained` defaults to the cached (or newly
+    trained) model the config names."""
+    device = pick_device(cfg.preset)
+    if cfg.threads is not None and device.type == "cpu":
+        torch.set_num_threads(cfg.threads)
+    trained = load_or_train(cfg.model_size, cfg.train_preset, str(device)) if trained is None else trained
+    model = trained.model
+    tok = synthvis.Tokenizer()
+    spec = StreamSpec(cfg.n_frames, cfg.frame_px, model.cfg.patch_px, near_max=cfg.near_max, middle_max=cfg.middle_max,
+                      questions_per_bin=cfg.questions_per_bin, spans=cfg.question_spans)
+    stream = build_stream(spec, cfg.seed)
+    units = (cfg.frame_px // model.cfg.patch_px) ** 2 + 1
+    policies = make_policies(cfg, units)
+    runs = {}
+    with progress() as bar:
+        task = bar.add_task("streaming", total=len(policies) * cfg.n_frames)
+        for name, policy in policies.items():
+            bar.update(task, description=f"streaming {name}")
+            with PeakMemory(device) as peak:
+                run = run_policy(model, policy, stream, cfg, tok, on_frame=lambda: bar.advance(task))
+            bar.update(task, completed=(list(policies).index(name) + 1) * cfg.n_frames)
+            runs[name] = summarise(run, cfg)
+            runs[name]["process_peak_mib"] = {"delta": peak.delta_bytes / MIB, "exact": peak.exact}
+    oracle = [(q, oracle_clip(model, stream, q, cfg, tok)) for q in stream.questions]
+    metrics = {
+        "oracle_clip_accuracy": {b: _mean([ok for q, ok in oracle if q.bin == b]) for b in BINS},
+        "model": {"size": trained.model_config.name, "train_preset": trained.train_config.preset, "test_metrics": trained.metrics, "params": trained.params},
+        "stream": {"n_frames": cfg.n_frames, "questions": {b: sum(q.bin == b for q in stream.questions) for b in BINS},
+                   "tracks": len(stream.video.tracks), "visual_tokens_per_frame": units - 1,
+                   "distance_range": {b: [min(d), int(np.median(d)), max(d)] for b in BINS if (d := [q.distance for q in stream.questions if q.bin == b])}},
+        "policies": runs,
+    }
+    metrics["targets"] = targets(runs, cfg)
+    return StudyRecord(metrics, rows(runs), plot(runs), notes(metrics, cfg))
+
+
+def targets(runs: dict[str, dict], cfg: StreamingConfig) -> dict:
+    """The issue's targets, checked on this run's figures."""
+    out: dict = {}
+    bounded = [n for n in runs if n != "full"]
+    out["bounded_memory_flat"] = {n: runs[n]["resident_growth_after_warmup"] for n in bounded}
+    out["bounded_attended_growth"] = {n: runs[n]["attended_growth"] for n in bounded}
+    out["bounded_latency_growth"] = {
+        n: runs[n]["latency_ms_median_by_quarter"][-1] / runs[n]["latency_ms_median_by_quarter"][0] for n in bounded
+    }
+    if "full" in runs and "hierarchical" in runs:
+        full, hier = runs["full"], runs["hierarchical"]
+        horizon = full["frames_ingested"]
+        fits = [a for a in hier["answers"] if a["time"] < horizon]
+        full_far = [a["correct"] for a in full["answers"] if a["bin"] == "far"]
+        hier_far = [a["correct"] for a in fits if a["bin"] == "far"]
+        at = min(horizon - 1, cfg.n_frames - 1)
+        full_bytes = _at(full, at)
+        hier_bytes = _at(hier, at)
+        out["far_vs_full"] = {
+            "frames_full_cache_holds": horizon,
+            "full_far_accuracy": float(np.mean(full_far)) if full_far else None,
+            "hierarchical_far_accuracy_same_questions": float(np.mean(hier_far)) if hier_far else None,
+            "n_far_questions": len(full_far),
+            "resident_ratio_full_over_hierarchical": full_bytes["resident"] / hier_bytes["resident"],
+            "total_ratio_full_over_hierarchical": (full_bytes["resident"] + full_bytes["long_term"]) / (hier_bytes["resident"] + hier_bytes["long_term"]),
+        }
+    far = {n: runs[n]["accuracy"]["far"]["accuracy"] for n in runs}
+    out["far_accuracy_all_questions"] = far
+    return out
+
+
+def _at(run: dict, frame: int) -> dict:
+    """Resident and long-term bytes at the last sample at or before `frame`."""
+    s = run["series"]
+    i = max(j for j, f in enumerate(s["frame"]) if f <= frame)
+    return {"resident": s["resident"][i], "long_term": s["long_term"][i]}
+
+
+def config_for(preset: str, **overrides) -> StreamingConfig:
+    check_preset(preset)
+    return replace(PRESETS[preset], **overrides)
+
+
+def config_dict(cfg: StreamingConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,401 @@
+"""Reproducible training of the reference LVLM on SynthVis, evaluation, and the checkpoint cache.
+
+One step draws a batch of episodes of one family (single image, two images or video), chosen by a
+seeded schedule, and packs every question of an episode into one sequence after its pictures:
+
+    <bos> (<img> visual)* q1 <ans> a1 <eos> q2 <ans> a2 <eos> ...
+
+The loss is next-token cross-entropy on answer tokens and their <eos> only. Data, initialisation
+and batch order depend on the seed alone, so a run is repeatable on the same machine.
+
+Studies call `load_or_train(size, preset)`: it returns the cached model when the checkpoint for
+this (model config, training config, CODE_VERSION) exists, and trains it otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pilot_experiments import synthvis
+from pilot_experiments.harness import RESULTS_DIR, progress
+from pilot_experiments.kvcache import VISUAL
+from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
+from pilot_experiments.model import LVLM, LVLMConfig, config_for
+
+CODE_VERSION = "3"  # bump when a change to the model, world or training makes old checkpoints stale
+CACHE_ENV = "EFFICIENT_LVLM_CACHE"
+
+
+class TrainingError(RuntimeError):
+    """Training could not produce a usable model (bad preset, or the quality bar was missed)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a trained model, besides the model config."""
+
+    preset: str
+    steps: int
+    batch: int
+    lr: float = 2e-3
+    warmup: int = 50
+    weight_decay: float = 0.05
+    seed: int = 0
+    image_px: int = 64
+    frame_px: int = 32
+    n_frames: int = 6
+    max_objects: int = 4
+    family_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)  # image, multi, video
+    pools: tuple[int, ...] = (1,)
+    eval_every: int = 50
+    eval_episodes: int = 60
+    bar: dict = field(default_factory=dict)  # metric -> minimum value on the test split
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS = {
+    "smoke": TrainConfig("smoke", steps=150, batch=8, lr=3e-3, warmup=10, image_px=32, frame_px=32, n_frames=3, max_objects=1,
+                         family_weights=(1.0, 0.0, 0.0), eval_every=25, eval_episodes=24, bar={"val_token_acc": 0.6}),
+    "cpu": TrainConfig("cpu", steps=800, batch=16, eval_every=50, eval_episodes=60, bar={"vqa": 0.9, "caption_f1": 0.9}),
+    "gpu": TrainConfig("gpu", steps=4000, batch=32, lr=1e-3, warmup=200, image_px=96, frame_px=48, n_frames=12, max_objects=6,
+                       eval_every=250, eval_episodes=200, bar={"vqa": 0.95, "caption_f1": 0.95}),
+}
+FAMILIES = ("image", "multi", "video")
+
+
+def train_config(preset: str, **overrides) -> TrainConfig:
+    if preset not in PRESETS:
+        raise TrainingError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+    return replace(PRESETS[preset], **overrides)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def family_episode(family: str, split: str, seed: int, index: int, tc: TrainConfig) -> synthvis.Episode:
+    if family == "image":
+        return synthvis.image_episode(split, seed, index, image_px=tc.image_px, max_objects=tc.max_objects)
+    if family == "multi":
+        return synthvis.multi_image_episode(split, seed, index, image_px=tc.image_px, max_objects=tc.max_objects)
+    return synthvis.video_episode(split, seed, index, n_frames=tc.n_frames, frame_px=tc.frame_px, max_objects=min(3, tc.max_objects))
+
+
+def pack(episodes: list[synthvis.Episode], tok: synthvis.Tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """pixels (B, U, 3, H, W), times (B, U), text ids (B, Tt) and loss mask (B, Tt) for a batch
+    of same-family episodes with every question packed after the pictures."""
+    texts, masks = [], []
+    for ep in episodes:
+        ids, mask = [], []
+        for qa in ep.qas:
+            q = tok.encode(qa.question) + [tok.ans_id]
+            a = tok.encode(qa.answer) + [tok.eos_id]
+            ids += q + a
+            mask += [False] * len(q) + [True] * len(a)
+        texts.append(ids)
+        masks.append(mask)
+    width = max(len(t) for t in texts)
+    text = torch.full((len(texts), width), tok.pad_id, dtype=torch.long)
+    loss_mask = torch.zeros(len(texts), width, dtype=torch.bool)
+    for i, (t, m) in enumerate(zip(texts, masks)):
+        text[i, : len(t)] = torch.tensor(t)
+        loss_mask[i, : len(m)] = torch.tensor(m)
+    pixels = torch.stack([ep.pixels for ep in episodes])
+    times = torch.tensor([ep.times for ep in episodes], dtype=torch.long)
+    return pixels, times, text, loss_mask
+
+
+def patch_labels(episodes: list[synthvis.Episode]) -> torch.Tensor:
+    """(B * units * patches, 2) long: the colour and shape index of the object on each patch
+    (0 = background), in the order of the visual tokens."""
+    labels = []
+    for ep in episodes:
+        for scene in ep.scenes:
+            grid = np.zeros((scene.grid * scene.grid, 2), dtype=np.int64)
+            for obj in scene.objects:
+                grid[scene.object_patches(obj.ident)] = (COLOUR_IDS[obj.colour], SHAPE_IDS[obj.shape])
+            labels.append(grid)
+    return torch.from_numpy(np.concatenate(labels))
+
+
+class PatchProbe(torch.nn.Module):
+    """Training-only auxiliary head: reads each visual token's colour and shape. Dense supervision
+    of the visual tokens gets the LM past the long plateau before it starts looking at them; the
+    probe is not part of the model and is dropped after training."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(dim, len(COLOUR_IDS) + 1 + len(SHAPE_IDS) + 1)
+
+    def loss(self, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = self.head(visual.float())
+        n_colour = len(COLOUR_IDS) + 1
+        return F.cross_entropy(out[:, :n_colour], labels[:, 0]) + F.cross_entropy(out[:, n_colour:], labels[:, 1])
+
+
+COLOUR_IDS = {c: i + 1 for i, c in enumerate(synthvis.COLOURS)}
+SHAPE_IDS = {s: i + 1 for i, s in enumerate(synthvis.SHAPES)}
+
+
+def batch_loss(
+    model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None, probe_weight: float = 0.5,
+) -> tuple[torch.Tensor, float]:
+    """Mean answer-token cross-entropy (plus the probe's patch loss when given, at pool 1) and
+    answer-token accuracy (teacher forced)."""
+    device = next(model.parameters()).device
+    pixels, times, text, loss_mask = pack(episodes, tok)
+    inputs = model.embed_prompt(pixels.to(device), times.to(device), text.to(device), pool)
+    logits = model(inputs).logits
+    offset = inputs.length - text.shape[1]  # text starts here; token i is predicted at i - 1
+    pred = logits[:, offset - 1 : -1]
+    mask = loss_mask.to(device)
+    loss = F.cross_entropy(pred[mask].float(), text.to(device)[mask])
+    acc = (pred[mask].argmax(-1) == text.to(device)[mask]).float().mean().item()
+    if probe is not None and pool == 1:
+        visual = inputs.embeds[inputs.modality == VISUAL]
+        loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device))
+    return loss, acc
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def prompt_inputs(model: LVLM, episode: synthvis.Episode, question: tuple[str, ...], tok: synthvis.Tokenizer, pool: int = 1):
+    """Embedded `<bos> (<img> visual)* question <ans>` for one episode (batch 1)."""
+    device = next(model.parameters()).device
+    text = torch.tensor([tok.encode(question) + [tok.ans_id]], device=device)
+    times = torch.tensor([episode.times], device=device)
+    return model.embed_prompt(episode.pixels[None].to(device), times, text, pool)
+
+
+def caption_f1(predicted: list[str] | tuple[str, ...], truth: tuple[str, ...]) -> float:
+    """F1 between the (shape, attribute, value) fact multisets of two captions."""
+    p, t = synthvis.caption_facts(predicted), synthvis.caption_facts(truth)
+    common = sum(min(p.count(f), t.count(f)) for f in set(p))
+    if not p or not t:
+        return float(p == t)
+    prec, rec = common / len(p), common / len(t)
+    return 0.0 if common == 0 else 2 * prec * rec / (prec + rec)
+
+
+@torch.no_grad()
+def evaluate(model: LVLM, tc: TrainConfig, n: int | None = None, split: str = "test", families=FAMILIES) -> dict[str, float]:
+    """Greedy-decoded exact match per question kind, overall VQA (image kinds), temporal and
+    multi-image exact match, and caption F1, on `n` episodes per family of a split."""
+    model.eval()
+    tok = synthvis.Tokenizer()
+    n = tc.eval_episodes if n is None else n
+    hits: dict[str, list[float]] = {}
+    weights = dict(zip(FAMILIES, tc.family_weights))
+    for family in families:
+        if weights[family] == 0:
+            continue
+        for i in range(n):
+            ep = family_episode(family, split, tc.seed, i, tc)
+            device = next(model.parameters()).device
+            prefix = model.embed_prompt(ep.pixels[None].to(device), torch.tensor([ep.times], device=device), torch.zeros(1, 0, dtype=torch.long, device=device))
+            shared = model.new_cache(1, capacity=prefix.length + 64)
+            model.prefill(prefix, shared)
+            for qa in ep.qas:  # every question continues one shared visual prefill
+                cache = shared.clone()
+                question = torch.tensor([tok.encode(qa.question) + [tok.ans_id]], device=device)
+                logits = model.decode(question, cache).logits[:, -1]
+                out = tok.decode(model.greedy_continue(logits, cache, len(qa.answer) + 8)).split()
+                score = caption_f1(out, qa.answer) if qa.kind == "caption" else float(tuple(out) == qa.answer)
+                hits.setdefault(qa.kind, []).append(score)
+    metrics = {f"vqa_{k}": float(np.mean(v)) for k, v in hits.items() if k != "caption"}
+    if "caption" in hits:
+        metrics["caption_f1"] = float(np.mean(hits.pop("caption")))
+    groups = {"vqa": ("colour", "shape", "size", "texture", "count", "relation"), "temporal": ("appear-colour", "vanish-colour", "first"), "multi": ("multi-colour", "multi-count")}
+    for name, kinds in groups.items():
+        scores = [s for k in kinds for s in hits.get(k, [])]
+        if scores:
+            metrics[name] = float(np.mean(scores))
+    return metrics
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    model: LVLM
+    model_config: LVLMConfig
+    train_config: TrainConfig
+    metrics: dict[str, float]
+    curve: dict[str, list[float]]
+    wall_s: float
+    params: dict[str, int]
+
+
+def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: bool = True) -> TrainResult:
+    """Train `size` from scratch with `tc`; deterministic for a given seed and machine."""
+    tok = synthvis.Tokenizer()
+    cfg = config_for(size, len(tok))
+    torch.manual_seed(tc.seed)
+    model = LVLM(cfg).to(device)
+    probe = PatchProbe(cfg.lm_dim).to(device)
+    params = [*model.parameters(), *probe.parameters()]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.98))
+    schedule = np.random.default_rng([tc.seed, 99])
+    families = schedule.choice(len(FAMILIES), size=tc.steps, p=np.array(tc.family_weights) / sum(tc.family_weights))
+    pools = schedule.choice(tc.pools, size=tc.steps)
+    val = [family_episode("image", "val", tc.seed, i, tc) for i in range(16)]
+    curve: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_token_acc": []}
+    start = time.perf_counter()
+    with progress() as bar:
+        task = bar.add_task(f"train {size}/{tc.preset}", total=tc.steps, visible=show_progress)
+        for step in range(tc.steps):
+            lr = tc.lr * min(1.0, (step + 1) / tc.warmup) * 0.5 * (1 + np.cos(np.pi * step / tc.steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            family = FAMILIES[families[step]]
+            episodes = [family_episode(family, "train", tc.seed, step * tc.batch + j, tc) for j in range(tc.batch)]
+            model.train()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
+                loss, _ = batch_loss(model, episodes, tok, int(pools[step]) if family != "video" else 1, probe)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            curve["step"].append(step)
+            curve["loss"].append(loss.item())
+            if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
+                model.eval()
+                with torch.no_grad():
+                    _, acc = batch_loss(model, val, tok)
+                curve["val_step"].append(step + 1)
+                curve["val_token_acc"].append(acc)
+                if show_progress:
+                    line = f"step {step + 1}: loss {np.mean(curve['loss'][-tc.eval_every:]):.4f}, val answer-token accuracy {acc:.3f}, {time.perf_counter() - start:.0f} s"
+                    bar.console.log(line) if bar.console.is_terminal else print(line, flush=True)
+            bar.update(task, advance=1, description=f"train {size}/{tc.preset} loss {loss.item():.3f}")
+    train_s = time.perf_counter() - start
+    metrics = evaluate(model, tc)
+    metrics["val_token_acc"] = curve["val_token_acc"][-1]
+    metrics["train_s"] = train_s
+    return TrainResult(model, cfg, tc, metrics, curve, time.perf_counter() - start, model.param_counts())
+
+
+# ----------------------------------------------------------------------------- checkpoint cache
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "efficient-lvlm"))
+
+
+def checkpoint_key(size: str, tc: TrainConfig) -> str:
+    cfg = config_for(size, len(synthvis.Tokenizer()))
+    blob = json.dumps({"model": cfg.to_dict(), "train": tc.to_dict(), "code": CODE_VERSION}, sort_keys=True)
+    return f"{size}-{tc.preset}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def checkpoint_path(size: str, tc: TrainConfig) -> Path:
+    return cache_dir() / f"{checkpoint_key(size, tc)}.pt"
+
+
+def save(result: TrainResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {"state": result.model.state_dict(), "model_config": result.model_config.to_dict(), "train_config": result.train_config.to_dict(),
+         "metrics": result.metrics, "curve": result.curve, "wall_s": result.wall_s, "params": result.params},
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> TrainResult:
+    blob = torch.load(path, map_location=device, weights_only=True)
+    cfg = LVLMConfig(**blob["model_config"])
+    model = LVLM(cfg).to(device)
+    model.load_state_dict(blob["state"])
+    model.eval()
+    tc_dict = blob["train_config"]
+    tc = TrainConfig(**{**tc_dict, "family_weights": tuple(tc_dict["family_weights"]), "pools": tuple(tc_dict["pools"])})
+    return TrainResult(model, cfg, tc, blob["metrics"], blob["curve"], blob["wall_s"], blob["params"])
+
+
+def load_or_train(size: str = "target", preset: str = "cpu", device: str = "cpu", *, show_progress: bool = True) -> TrainResult:
+    """The trained model for (size, preset) from the cache, training (and caching) it if absent.
+    The returned model is in eval mode on `device`; `.metrics` holds its test-split quality."""
+    tc = train_config(preset)
+    path = checkpoint_path(size, tc)
+    if path.exists():
+        return load_checkpoint(path, device)
+    result = train(size, tc, device, show_progress=show_progress)
+    save(result, path)
+    return result
+
+
+def meets_bar(metrics: dict[str, float], tc: TrainConfig) -> dict[str, bool]:
+    return {k: metrics.get(k, 0.0) >= v for k, v in tc.bar.items()}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def _plot_curves(curve: dict[str, list[float]], title: str):
+    def draw(fig) -> None:
+        ax1, ax2 = fig.subplots(1, 2)
+        steps, loss = np.array(curve["step"]), np.array(curve["loss"])
+        k = max(1, len(loss) // 50)
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax1.plot(steps, loss, alpha=0.3, label="batch")
+        ax1.plot(steps[k - 1 :], smooth, label=f"mean of {k}")
+        ax1.set(xlabel="step", ylabel="answer-token cross-entropy", yscale="log", title=f"{title}: training loss")
+        ax1.legend()
+        ax2.plot(curve["val_step"], curve["val_token_acc"], marker="o")
+        ax2.set(xlabel="step", ylabel="val answer-token accuracy", ylim=(0, 1.02), title="teacher-forced val accuracy")
+
+    return draw
+
+
+def run_cli(args) -> int:
+    from pilot_experiments import harness
+
+    harness.check_preset(args.preset)
+    device = harness.pick_device(args.preset)
+    tc = train_config(args.preset)
+    path = checkpoint_path(args.size, tc)
+    if args.retrain or not path.exists():
+        result = train(args.size, tc, str(device))
+        save(result, path)
+    else:
+        result = load_checkpoint(path, str(device))
+    passed = meets_bar(result.metrics, tc)
+    metrics = {**result.metrics, "params": result.params, "bar": tc.bar, "bar_met": passed, "checkpoint": str(path)}
+    rows = [{"metric": k, "value": v, "bar": tc.bar.get(k, "")} for k, v in result.metrics.items()]
+    notes = (
+        f"Model `{args.size}` ({result.params['total']:,} parameters) trained with preset `{args.preset}`; "
+        f"exact match / F1 on the test split. Command: `python -m pilot_experiments train --size {args.size} --preset {args.preset}`."
+    )
+    record = harness.StudyRecord(metrics, rows, _plot_curves(result.curve, f"{args.size}/{args.preset}"), notes)
+    out = harness.write_results(
+        f"train-{args.size}", args.preset, device, tc.seed, {"model": result.model_config, "train": tc}, record, result.wall_s, Path(args.results_dir)
+    )
+    for k, v in result.metrics.items():
+        print(f"{k:>20}: {v:.4f}" + (f"  (bar {tc.bar[k]})" if k in tc.bar else ""))
+    print(f"results: {out}")
+    return 0 if all(passed.values()) else 1
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train (or load from the cache) a reference LVLM on SynthVis and write its results")
+    p.add_argument("--size", choices=list(CONFIGS_SIZES), default="target")
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    p.add_argument("--retrain", action="store_true", help="ignore a cached checkpoint")
+    p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where to write results (default: the package's results/)")
+    p.set_defaults(handler=run_cli)

@@ -1,0 +1,60 @@
+"""Metrics and harness: timing medians, peak memory, generation timing, results files."""
+
+import json
+
+import pytest
+import torch
+
+from pilot_experiments import harness, metrics
+from pilot_experiments.model import LVLM
+from tests.test_pilot_model import TINY, prompt_parts
+
+
+def test_time_call_reports_the_median_of_the_timed_repeats():
+    calls = []
+    timing = metrics.time_call(lambda: calls.append(1), warmup=2, repeats=5)
+    assert len(calls) == 7 and len(timing.samples_s) == 5
+    assert timing.median_s == sorted(timing.samples_s)[2]
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with metrics.PeakMemory("cpu") as mem:
+        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB
+        del x
+    assert mem.peak_bytes > 0
+    if mem.exact:
+        assert mem.delta_bytes >= 48 * 1024 * 1024
+
+
+def test_generation_timing_and_kv_bytes_on_a_tiny_model():
+    torch.manual_seed(0)
+    model = LVLM(TINY).eval()
+    inputs = model.embed_prompt(*prompt_parts())
+    seen = []
+    t = metrics.time_generation(model, inputs, new_tokens=4, warmup=1, repeats=2, after_prefill=lambda c: seen.append(metrics.kv_bytes(c)))
+    assert t.ttft_s > 0 and t.tpot_s > 0 and t.throughput_tok_s > 0 and t.new_tokens == 4
+    assert len(seen) == 3  # warm-up + repeats, each after its own prefill
+    per_entry = 2 * TINY.head_dim * 4 * TINY.lm_kv_heads * TINY.lm_layers
+    assert seen[0]["logical"] == inputs.length * per_entry
+
+
+def test_retention_and_agreement():
+    assert metrics.retention(0.45, 0.9) == pytest.approx(0.5)
+    assert metrics.agreement([[1, 2], [3]], [[1, 2], [4]]) == 0.5
+    with pytest.raises(metrics.MetricsError):
+        metrics.retention(0.5, 0.0)
+
+
+def test_run_study_writes_json_markdown_and_plot(tmp_path):
+    def study(config):
+        return harness.StudyRecord({"accuracy": 0.5 * config["k"]}, [{"method": "a", "acc": 0.5}], lambda fig: fig.subplots().plot([0, 1], [1, 0]))
+
+    path = harness.run_study("demo", "smoke", study, {"k": 2}, seed=3, device="cpu", results_dir=tmp_path)
+    data = json.loads(path.read_text())
+    assert path == tmp_path / "demo" / "smoke-cpu.json"
+    assert data["metrics"] == {"accuracy": 1.0} and data["seed"] == 3 and data["config"] == {"k": 2}
+    assert {"study", "preset", "device", "torch", "git_commit", "wall_s"} <= data.keys()
+    assert "| method | acc |" in (tmp_path / "demo" / "smoke-cpu.md").read_text()
+    assert (tmp_path / "demo" / "smoke-cpu.png").exists()
+    with pytest.raises(harness.HarnessError, match="unknown preset"):
+        harness.run_study("demo", "huge", study, {"k": 1}, device="cpu", results_dir=tmp_path)

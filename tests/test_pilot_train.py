@@ -1,0 +1,84 @@
+"""Training: determinism, the smoke preset reaching its bar, the checkpoint cache, the CLI and
+the results writer."""
+
+import json
+
+import pytest
+import torch
+
+from pilot_experiments import synthvis
+from pilot_experiments import train as T
+from pilot_experiments.__main__ import main
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(T.CACHE_ENV, str(path))
+        yield path
+
+
+@pytest.fixture(scope="module")
+def smoke(cache_dir):
+    return T.load_or_train("draft", "smoke", show_progress=False)
+
+
+def test_same_seed_gives_the_same_weights():
+    tc = T.train_config("smoke", steps=3, eval_episodes=1)
+    a = T.train("draft", tc, show_progress=False)
+    b = T.train("draft", tc, show_progress=False)
+    for (name, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(pa, pb), name
+    c = T.train("draft", T.train_config("smoke", steps=3, eval_episodes=1, seed=1), show_progress=False)
+    assert not torch.equal(a.model.embed.weight, c.model.embed.weight)
+
+
+def test_smoke_training_reaches_its_bar(smoke):
+    tc = T.train_config("smoke")
+    assert all(T.meets_bar(smoke.metrics, tc).values()), smoke.metrics
+    assert smoke.curve["loss"][-1] < smoke.curve["loss"][0]
+
+
+def test_checkpoint_is_cached_and_reloads_the_same_model(smoke, cache_dir):
+    path = T.checkpoint_path("draft", T.train_config("smoke"))
+    assert path.exists() and path.parent == cache_dir
+    again = T.load_or_train("draft", "smoke")
+    for pa, pb in zip(smoke.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(pa, pb)
+    assert again.metrics == smoke.metrics
+
+
+def test_checkpoint_key_changes_with_the_config():
+    a = T.checkpoint_key("draft", T.train_config("smoke"))
+    assert a == T.checkpoint_key("draft", T.train_config("smoke"))
+    assert a != T.checkpoint_key("draft", T.train_config("smoke", seed=5))
+    assert a != T.checkpoint_key("target", T.train_config("smoke"))
+
+
+def test_caption_f1_scores_attribute_facts():
+    from pilot_experiments.synthvis import Scene, WorldObject
+
+    objects = (WorldObject(0, "square", "red", "small", "solid", 0, 0), WorldObject(1, "circle", "blue", "large", "striped", 12, 12))
+    truth = synthvis.caption_words(Scene(16, objects))
+    assert T.caption_f1(truth, truth) == 1.0
+    recoloured = (WorldObject(0, "square", "green", "small", "solid", 0, 0), objects[1])
+    assert T.caption_f1(synthvis.caption_words(Scene(16, recoloured)), truth) == pytest.approx(7 / 8)
+    assert T.caption_f1(("a",), truth) == 0.0
+
+
+def test_train_cli_writes_results_from_the_cached_model(smoke, tmp_path):
+    main(["train", "--size", "draft", "--preset", "smoke", "--results-dir", str(tmp_path)])
+    data = json.loads((tmp_path / "train-draft" / "smoke-cpu.json").read_text())
+    assert data["study"] == "train-draft" and data["preset"] == "smoke" and data["seed"] == 0
+    assert data["metrics"]["params"]["total"] == smoke.params["total"]
+    assert data["torch"] == torch.__version__ and "CPU" in data["device"]
+    assert (tmp_path / "train-draft" / "smoke-cpu.png").stat().st_size > 1000
+    assert (tmp_path / "train-draft" / "smoke-cpu.md").read_text().startswith("<!-- generated")
+
+
+def test_model_special_ids_match_the_tokenizer():
+    from pilot_experiments.model import SPECIAL_IDS
+
+    tok = synthvis.Tokenizer()
+    assert SPECIAL_IDS == {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "ans": tok.ans_id, "img": tok.img_id}
