@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# mkdocs-material prints a banner about MkDocs 2.0 on every build unless this is set.
+export NO_MKDOCS_2_WARNING := 1
 # A local CPU build of PyTorch, where the machine provides one, avoids pulling CUDA wheels.
 TORCH_CPU := $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl))
 

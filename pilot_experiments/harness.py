@@ -78,7 +78,7 @@ def device_slug(device: torch.device | str) -> str:
 
 
 def git_commit() -> str:
-    """HEAD's hash, with '+dirty' when the pilot code differs from it (results files themselves do not count)."""
+    """HEAD's hash, with '+dirty' when tracked pilot code differs from it (results files do not count)."""
     package = Path(__file__).parent
 
     def git(*args: str) -> str:
@@ -86,7 +86,7 @@ def git_commit() -> str:
 
     try:
         head = git("rev-parse", "HEAD")
-        changed = git("status", "--porcelain", "--", ".", ":(exclude)results")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     if not head:
