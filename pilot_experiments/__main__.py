@@ -1,0 +1,38 @@
+"""Command line: `python -m pilot_experiments <command> ...` (argument parsing only).
+
+Each command lives in its own module, which exposes `register_cli(subparsers)`; to add a command,
+import its module and list its `register_cli` in `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pilot_experiments import roofline, train
+from pilot_experiments.studies.hybrid_kv import study as hybrid_kv
+from pilot_experiments.studies.relaxed_spec import cli as relaxed_spec
+from pilot_experiments.studies.serving import study as serving
+from pilot_experiments.studies.streaming import cli as streaming
+
+COMMANDS = [
+    train.register_cli,
+    roofline.register_cli,
+    hybrid_kv.register_cli,
+    relaxed_spec.register_cli,
+    streaming.register_cli,
+    serving.register_cli,
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pilot_experiments", description="Pilot experiments on the reference LVLM and SynthVis.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for register in COMMANDS:
+        register(sub)
+    args = parser.parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

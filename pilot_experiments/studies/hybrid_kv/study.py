@@ -1,0 +1,294 @@
+"""The hybrid-kv study: every policy x budget on held-out SynthVis image and video questions,
+plus a long-context latency benchmark, compared with the survey's Tables 7 and 8.
+
+Protocol. The prompt `<bos> (<img> visual)* question` is prefilled with the full cache while the
+query projections are tapped; the question's attention on the cache (the observation window) is
+what every policy scores with. The policy then compresses the cache, `<ans>` is decoded as the
+first step under the compressed cache, and the answer is decoded greedily, so that every answer
+token (single-word answers included) is produced by the compressed cache. Accuracy is measured on
+the compacted cache; masked and compacted caches attend the same entries (a test checks it), and
+both are measured for memory and latency.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from pilot_experiments import harness, metrics, synthvis, train
+from pilot_experiments.kvcache import VISUAL, KVCache, LayerCache
+from pilot_experiments.model import LVLM
+from pilot_experiments.studies.hybrid_kv import report
+from pilot_experiments.studies.hybrid_kv.calibration import visual_head_scores
+from pilot_experiments.studies.hybrid_kv.hybrid import Hybrid, RetrievalLayerCache
+from pilot_experiments.studies.hybrid_kv.observe import Observation, QueryTap, observe
+from pilot_experiments.studies.hybrid_kv.policies import FullCache, LookM, MadaKV, Policy, PolicyError, SparseMM
+
+STUDY = "hybrid-kv"
+METHODS = ("FullCache", "LookM", "MadaKV", "SparseMM", "Hybrid")
+IMAGE_FAMILIES = ("image", "multi")
+
+
+@dataclass(frozen=True)
+class HybridKVConfig:
+    """One run of the study. Episodes come from the test split; SparseMM calibrates on val."""
+
+    preset: str
+    size: str = "target"
+    image_episodes: int = 40
+    multi_episodes: int = 20
+    video_episodes: int = 60
+    calibration_episodes: int = 40
+    budgets: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)
+    methods: tuple[str, ...] = METHODS
+    chunk: int = 16  # a patch row of a 64-px image; mean keys then cost 1/32 of a dynamic head's visual KV
+    dynamic_fraction: float = 0.5
+    latency_frames: int = 24
+    latency_tokens: int = 24
+    latency_repeats: int = 3
+    seed: int = 0
+    split: str = "test"  # evaluation split; SparseMM always calibrates on "val"
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int = 1  # CPU threads: other jobs share this machine's cores, and spinning OpenMP workers then stall
+
+
+PRESETS = {
+    "smoke": HybridKVConfig("smoke", size="draft", image_episodes=2, multi_episodes=0, video_episodes=0, calibration_episodes=3,
+                            budgets=(1.0, 0.2), latency_frames=4, latency_tokens=4, latency_repeats=1),
+    "cpu": HybridKVConfig("cpu"),
+    "gpu": HybridKVConfig("gpu", size="large", image_episodes=150, multi_episodes=50, video_episodes=150, calibration_episodes=100,
+                          latency_frames=48, latency_tokens=64, latency_repeats=5, dtype="bfloat16"),
+}
+
+
+def config_for(preset: str, device: str = "cpu") -> HybridKVConfig:
+    harness.check_preset(preset)
+    from dataclasses import replace
+
+    return replace(PRESETS[preset], device=device)
+
+
+def make_policy(method: str, budget: float, cfg: HybridKVConfig, head_scores: torch.Tensor) -> Policy:
+    if method == "FullCache":
+        return FullCache()
+    if method == "LookM":
+        return LookM(budget)
+    if method == "MadaKV":
+        return MadaKV(budget)
+    if method == "SparseMM":
+        return SparseMM(budget, head_scores=head_scores)
+    if method == "Hybrid":
+        return Hybrid(budget, dynamic_fraction=cfg.dynamic_fraction, chunk=cfg.chunk)
+    raise PolicyError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def run_configs(cfg: HybridKVConfig) -> list[tuple[str, float]]:
+    """(method, budget) pairs to run: the full cache once, every other method below 100 % (at
+    100 % a policy keeps every entry; the tests check that it then matches the full cache)."""
+    return [("FullCache", 1.0)] + [(m, b) for m in cfg.methods if m != "FullCache" for b in cfg.budgets if b < 1.0]
+
+
+# ----------------------------------------------------------------------------- measuring one cache
+
+
+def attended_visual(layer: LayerCache) -> int:
+    """Visual entries a decode step attends in this layer, summed over batch and heads."""
+    if isinstance(layer, RetrievalLayerCache):
+        return int(layer.attended_visual().sum())
+    hot = layer.view()
+    count = int((hot.valid & (hot.modality == VISUAL)).sum())
+    return count + sum(int((b.meta.valid & (b.meta.modality == VISUAL)).sum()) for b in layer.quant)
+
+
+def prompt_resident_bytes(cache: KVCache) -> int:
+    """Resident KV bytes less the free slots reserved for answer tokens (the same reserve for every
+    policy), i.e. what the (compressed) prompt occupies on the compute device."""
+    free = 0
+    for layer in cache.layers:
+        per_slot = layer.batch * layer.kv_heads * layer.head_dim * 2 * torch.finfo(layer.dtype).bits // 8
+        free += (layer.capacity - layer.length) * per_slot
+    return cache.bytes().resident - free
+
+
+def kept_fractions(cache: KVCache, obs: Observation, prompt_length: int) -> tuple[float, float]:
+    """(visual fraction, total fraction) of the prompt's entries a decode step attends."""
+    visual = obs.visual.sum().item() * len(cache.layers)
+    text = (prompt_length * obs.visual.shape[0] * obs.visual.shape[1] * len(cache.layers)) - visual
+    kept_visual = sum(attended_visual(layer) for layer in cache.layers)
+    return kept_visual / visual, (kept_visual + text) / (visual + text)
+
+
+@dataclass
+class Answer:
+    tokens: list[int]
+    step_s: list[float]
+    compress_s: float
+    bytes: dict[str, int]
+    visual_kept: float
+    total_kept: float
+
+
+@torch.no_grad()
+def answer(model: LVLM, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int, tok: synthvis.Tokenizer) -> Answer:
+    """Compress a copy of the prefilled `cache`, then decode `<ans>` and the answer greedily."""
+    prompt_length = cache.length
+    cache = copy.deepcopy(cache)
+    start = time.perf_counter()
+    policy.compress(cache, obs)
+    if compact:
+        cache.compact(reserve=max_new + 1)
+    compress_s = time.perf_counter() - start
+    visual_kept, total_kept = kept_fractions(cache, obs, prompt_length)
+    device = next(model.parameters()).device
+    token, out, steps, sizes = tok.ans_id, [], [], None
+    for _ in range(max_new):
+        begun = time.perf_counter()
+        logits = model.decode(torch.tensor([[token]], device=device), cache).logits[:, -1]
+        token = int(logits.argmax(-1))
+        steps.append(time.perf_counter() - begun)
+        if sizes is None:  # after the first step, so that retrieval's working set is in place
+            sizes = {**metrics.kv_bytes(cache), "prompt_resident": prompt_resident_bytes(cache)}
+        if token == tok.eos_id:
+            break
+        out.append(token)
+    return Answer(out, steps, compress_s, sizes, visual_kept, total_kept)
+
+
+def score(kind: str, predicted: list[str], truth: tuple[str, ...]) -> float:
+    return train.caption_f1(predicted, truth) if kind == "caption" else metrics.exact_match(predicted, truth)
+
+
+# ----------------------------------------------------------------------------- the study
+
+
+def load_model(cfg: HybridKVConfig) -> tuple[LVLM, train.TrainConfig, dict[str, float]]:
+    """The trained model (cast to the run's dtype), its training config and its test-split quality."""
+    result = train.load_or_train(cfg.size, cfg.preset, cfg.device)
+    model = result.model.to(getattr(torch, cfg.dtype)).eval()
+    return model, result.train_config, result.metrics
+
+
+def episodes(cfg: HybridKVConfig, tc: train.TrainConfig) -> list[tuple[str, synthvis.Episode]]:
+    counts = {"image": cfg.image_episodes, "multi": cfg.multi_episodes, "video": cfg.video_episodes}
+    return [(family, train.family_episode(family, cfg.split, tc.seed, i, tc)) for family, n in counts.items() for i in range(n)]
+
+
+def prompt(model: LVLM, ep: synthvis.Episode, question: tuple[str, ...], tok: synthvis.Tokenizer):
+    device = next(model.parameters()).device
+    text = torch.tensor([tok.encode(question)], device=device)
+    return model.embed_prompt(ep.pixels[None].to(device), torch.tensor([ep.times], device=device), text)
+
+
+@dataclass
+class Tally:
+    """Per (method, budget): scores per task kind and set, and the cost measurements."""
+
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    step_ms: list[float] = field(default_factory=list)
+    compress_ms: list[float] = field(default_factory=list)
+    bytes: dict[str, list[int]] = field(default_factory=dict)
+    visual_kept: list[float] = field(default_factory=list)
+    total_kept: list[float] = field(default_factory=list)
+    outputs: list[list[int]] = field(default_factory=list)  # answer tokens, in item order
+
+    def add(self, family: str, kind: str, value: float, ans: Answer) -> None:
+        self.outputs.append(ans.tokens)
+        for key in (f"kind:{kind}", f"set:{'video' if family == 'video' else 'image'}"):
+            self.scores.setdefault(key, []).append(value)
+        self.step_ms += [s * 1e3 for s in ans.step_s]
+        self.compress_ms.append(ans.compress_s * 1e3)
+        for k, v in ans.bytes.items():
+            self.bytes.setdefault(k, []).append(v)
+        self.visual_kept.append(ans.visual_kept)
+        self.total_kept.append(ans.total_kept)
+
+
+def evaluate(model: LVLM, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float], Tally]:
+    tok = synthvis.Tokenizer()
+    configs = run_configs(cfg)
+    tallies = {c: Tally() for c in configs}
+    items = [(family, ep, qa) for family, ep in episodes(cfg, tc) for qa in ep.qas]
+    with harness.progress() as bar, QueryTap(model) as tap:
+        task = bar.add_task(f"{STUDY}: {len(configs)} configs", total=len(items))
+        for family, ep, qa in items:
+            inputs = prompt(model, ep, qa.question, tok)
+            max_new = len(qa.answer) + 8
+            cache = model.new_cache(1, capacity=inputs.length + max_new + 2)
+            with torch.no_grad():
+                model.prefill(inputs, cache)
+            obs = observe(tap, cache)
+            for method, budget in configs:
+                ans = answer(model, cache, obs, make_policy(method, budget, cfg, head_scores), compact=True, max_new=max_new, tok=tok)
+                tallies[(method, budget)].add(family, qa.kind, score(qa.kind, tok.decode(ans.tokens).split(), qa.answer), ans)
+            bar.update(task, advance=1)
+    return tallies
+
+
+@torch.no_grad()
+def latency(model: LVLM, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float, str], dict]:
+    """TTFT (prefill + scoring + compression) and median time per output token on one long video
+    prompt where visual entries dominate, for every method x budget, masked and compacted."""
+    tok = synthvis.Tokenizer()
+    ep = synthvis.video_episode("test", tc.seed, 0, n_frames=cfg.latency_frames, frame_px=tc.frame_px, stride=1, max_objects=2)
+    device = next(model.parameters()).device
+    text = torch.tensor([tok.encode(ep.qas[0].question) + [tok.ans_id]], device=device)
+    inputs = model.embed_prompt(ep.pixels[None].to(device), torch.tensor([ep.times], device=device), text)
+    out = {}
+    configs = run_configs(cfg)
+    with harness.progress() as bar, QueryTap(model) as tap:
+        task = bar.add_task(f"{STUDY}: latency at {inputs.length} tokens", total=2 * len(configs))
+        for method, budget in configs:
+            for mode in ("masked", "compacted"):
+                policy = make_policy(method, budget, cfg, head_scores)
+                sizes: dict = {}
+
+                def after_prefill(cache: KVCache) -> None:
+                    policy.compress(cache, observe(tap, cache))
+                    if mode == "compacted":
+                        cache.compact(reserve=cfg.latency_tokens + 1)
+                    sizes.update(metrics.kv_bytes(cache), prompt_resident=prompt_resident_bytes(cache))
+
+                with metrics.PeakMemory(device) as peak:
+                    timing = metrics.time_generation(model, inputs, cfg.latency_tokens, repeats=cfg.latency_repeats, after_prefill=after_prefill)
+                out[(method, budget, mode)] = {
+                    "context": inputs.length, "ttft_ms": timing.ttft_s * 1e3, "tpot_ms": timing.tpot_s * 1e3,
+                    "peak_bytes": peak.peak_bytes, "peak_delta_bytes": peak.delta_bytes, "peak_exact": peak.exact,
+                    "resident_bytes": sizes["resident"], "prompt_resident_bytes": sizes["prompt_resident"],
+                    "logical_bytes": sizes["logical"], "offloaded_bytes": sizes["offloaded"],
+                }
+                bar.update(task, advance=1)
+    return out
+
+
+def run(cfg: HybridKVConfig) -> harness.StudyRecord:
+    if cfg.device == "cpu":
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model, tc, quality = load_model(cfg)
+    tok = synthvis.Tokenizer()
+    calibration = [train.family_episode("image", "val", tc.seed, i, tc) for i in range(cfg.calibration_episodes)]
+    head_scores = visual_head_scores(model, calibration, tok)
+    tallies = evaluate(model, cfg, tc, head_scores)
+    timings = latency(model, cfg, tc, head_scores)
+    return report.build(cfg, tallies, timings, head_scores, model, quality)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def run_cli(args) -> int:
+    device = harness.pick_device(args.preset)
+    cfg = config_for(args.preset, str(device))
+    path = harness.run_study(STUDY, args.preset, run, cfg, seed=cfg.seed, device=device)
+    print(f"results: {path} (+ .md, .png)")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(STUDY, help="hybrid KV-cache compression by head type vs LOOK-M, MadaKV, SparseMM (survey Tables 7-8)")
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    p.set_defaults(handler=run_cli)

@@ -1,0 +1,56 @@
+"""The hybrid-kv study end to end on the smoke preset: results files and what they must hold."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pilot_experiments import harness
+from pilot_experiments.__main__ import main
+from pilot_experiments.studies.hybrid_kv import study
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    cfg = study.config_for("smoke")
+    path = harness.run_study(study.STUDY, "smoke", study.run, cfg, seed=cfg.seed, device="cpu", results_dir=out)
+    return json.loads(path.read_text()), path
+
+
+def test_smoke_run_measures_every_method_at_every_budget(smoke_results):
+    payload, _ = smoke_results
+    got = {(r["method"], r["budget"]) for r in payload["rows"]}
+    assert got == {("FullCache", "100%")} | {(m, "20%") for m in ("LookM", "MadaKV", "SparseMM", "Hybrid")}
+    full = next(r for r in payload["rows"] if r["method"] == "FullCache")
+    assert full["retention"] == 1.0 and full["visual kept"] == 1.0
+
+
+def test_compressed_methods_keep_their_budget_and_less_memory(smoke_results):
+    payload, _ = smoke_results
+    full = next(r for r in payload["rows"] if r["method"] == "FullCache")
+    for row in payload["rows"]:
+        if row["method"] == "FullCache":
+            continue
+        assert row["visual kept"] == pytest.approx(0.2, abs=0.01)
+        assert row["total kept"] > row["visual kept"]  # text is always kept
+        assert row["KV resident KiB"] < full["KV resident KiB"] and row["KV logical KiB"] < full["KV logical KiB"]
+        assert row["long-ctx resident KiB compacted"] < row["long-ctx resident KiB masked"]
+    assert payload["metrics"]["targets"]["tpot_ratio@20%"]["met"] is None  # a CPU run cannot judge the GPU target
+
+
+def test_results_page_has_the_survey_comparisons(smoke_results):
+    _, path = smoke_results
+    page = path.with_suffix(".md").read_text()
+    assert page.startswith("<!-- generated")
+    for heading in ("## Targets", "## Table 7 analogue at 20%", "## Table 8 analogue", "arXiv 2604.05887"):
+        assert heading in page
+    assert path.with_suffix(".png").stat().st_size > 0
+
+
+def test_cli_registers_the_study(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hybrid-kv", "--help"])
+    assert exit_info.value.code == 0
+    assert "--preset" in capsys.readouterr().out
