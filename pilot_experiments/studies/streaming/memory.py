@@ -175,11 +175,4 @@ def answer(model: LVLM, cache: KVCache, question_ids: list[int], max_new_tokens:
     device = cache.next_position.device
     logits = model.decode(torch.tensor([question_ids], device=device), cache).logits[:, -1]
     first = time.perf_counter()
-    out: list[int] = []
-    for _ in range(max_new_tokens):
-        token = int(logits.argmax(-1))
-        if token == SPECIAL_IDS["eos"]:
-            break
-        out.append(token)
-        logits = model.decode(torch.tensor([[token]], device=device), cache).logits[:, -1]
-    return first, out
+    return first, model.greedy_continue(logits, cache, max_new_tokens)
