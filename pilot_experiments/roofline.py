@@ -306,11 +306,16 @@ def prefill_cost(
     attention = 4 * q_width * m.layers * batch * n * (n + 1) / 2
     num_bytes = value_bytes * llm_params(model) + batch * n * kv_bytes_per_token(model, value_bytes)
     if count_activations:
-        per_token = m.layers * _transformer_activation_elements(
-            m.hidden, q_width, m.kv_heads * m.head_dim, m.mlp_hidden, m.mlp
-        )
-        num_bytes += value_bytes * batch * n * per_token
+        num_bytes += value_bytes * batch * n * llm_activation_elements_per_token(model)
     return StageCost("prefill", linear + attention, num_bytes)
+
+
+def llm_activation_elements_per_token(model: ModelShape) -> int:
+    """Unfused activation elements one token writes and reads through every LM layer."""
+    m = model.llm
+    return m.layers * _transformer_activation_elements(
+        m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim, m.mlp_hidden, m.mlp
+    )
 
 
 def decode_cost(
@@ -336,10 +341,7 @@ def decode_cost(
     kv_bytes = batch * kv_bytes_per_token(model, value_bytes) * (context_sum + output_tokens)
     num_bytes = weight_bytes + kv_bytes
     if count_activations:
-        per_token = m.layers * _transformer_activation_elements(
-            m.hidden, q_width, m.kv_heads * m.head_dim, m.mlp_hidden, m.mlp
-        )
-        num_bytes += value_bytes * batch * output_tokens * per_token
+        num_bytes += value_bytes * batch * output_tokens * llm_activation_elements_per_token(model)
     return StageCost("decode", linear + attention, num_bytes)
 
 
