@@ -119,11 +119,11 @@ def run_size(count: int, repeats: int, source_root: Path) -> dict:
         parse, validate, export = (statistics.median(t[index] for t in runs[key])
                                    for key in ("parse", "validate", "export"))
         row[clock] = {
-            "bare_parse_s": round(parse, 4),
-            "load_validate_s": round(validate, 4),
-            "export_bibtex_s": round(export, 4),
-            "validate_over_parse": round(validate / parse, 2),
-            "export_over_parse": round(export / parse, 2),
+            "bare_parse_s": parse,
+            "load_validate_s": validate,
+            "export_bibtex_s": export,
+            "validate_over_parse": validate / parse,
+            "export_over_parse": export / parse,
         }
     return row
 
