@@ -345,22 +345,41 @@ class Episode:
     video: Video | None = field(default=None, repr=False)
 
 
-def caption_words(scene: Scene) -> tuple[str, ...]:
-    """'a large red striped circle at the top left . a small ...' in raster order of the objects."""
+CAPTION_ARTICLES = ("a", "the")
+CAPTION_PREPOSITIONS = ("at", "in")
+CAPTION_SEPARATORS = (".", "and")
+
+
+def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> tuple[str, ...]:
+    """'a large red striped circle at the top left . the small ...' in raster order of the objects.
+
+    The content words (size, colour, texture, shape, region) follow from the picture; the function
+    words do not: with `rng`, each phrase draws its article, preposition and separator at random, so
+    a caption is one of many equally right wordings and models disagree on function words exactly
+    where nothing in the image decides them. Without `rng` the first wording is used."""
+    def pick(options: tuple[str, ...]) -> str:
+        return options[0] if rng is None else options[int(rng.integers(len(options)))]
+
+    objects = sorted(scene.objects, key=lambda o: (o.row, o.col))
     words: list[str] = []
-    for obj in sorted(scene.objects, key=lambda o: (o.row, o.col)):
+    for i, obj in enumerate(objects):
         row, col = scene.region(obj)
-        words += ["a", obj.size, obj.colour, obj.texture, obj.shape, "at", "the", row, col, "."]
+        separator = "." if i == len(objects) - 1 else pick(CAPTION_SEPARATORS)
+        words += [pick(CAPTION_ARTICLES), obj.size, obj.colour, obj.texture, obj.shape, pick(CAPTION_PREPOSITIONS), "the", row, col, separator]
     return tuple(words)
 
 
 def caption_facts(words: tuple[str, ...] | list[str]) -> list[tuple[str, str, str]]:
-    """Parse a caption into (shape, attribute, value) facts; malformed objects give no facts."""
+    """Parse a caption into (shape, attribute, value) facts, whatever its function words;
+    malformed phrases give no facts."""
     facts = []
-    chunks = " ".join(words).split(".")
-    for chunk in chunks:
-        w = chunk.split()
-        if len(w) == 9 and w[0] == "a" and w[5:7] == ["at", "the"]:
+    phrase: list[str] = []
+    for word in (*words, "."):
+        if word not in CAPTION_SEPARATORS:
+            phrase.append(word)
+            continue
+        w, phrase = phrase, []
+        if len(w) == 9 and w[0] in CAPTION_ARTICLES and w[5] in CAPTION_PREPOSITIONS and w[6] == "the":
             shape = w[4]
             facts += [(shape, "size", w[1]), (shape, "colour", w[2]), (shape, "texture", w[3]), (shape, "region", w[7] + " " + w[8])]
     return facts
@@ -372,31 +391,31 @@ def _unique(scene: Scene, attr: str) -> list[WorldObject]:
 
 
 def image_questions(scene: Scene, rng: np.random.Generator, unit: int = 0) -> list[QA]:
-    """One question of each answerable single-image kind, in random order."""
-    qas = [QA("caption", ("describe", "the", "image"), caption_words(scene), tuple((unit, o.ident) for o in scene.objects))]
+    """The caption, then in random order: colour, size and texture of every object whose shape is
+    unique, the shape of every object whose colour is unique, two counts (a shape in the picture
+    and a random one) and up to two relations between uniquely-shaped objects."""
+    qas = [QA("caption", ("describe", "the", "image"), caption_words(scene, rng), tuple((unit, o.ident) for o in scene.objects))]
+    questions = []
     by_shape = _unique(scene, "shape")
-    if by_shape:
-        o = by_shape[rng.integers(len(by_shape))]
-        qas.append(QA("colour", ("what", "colour", "is", "the", o.shape, "?"), (o.colour,), ((unit, o.ident),)))
-        attr = "size" if rng.random() < 0.5 else "texture"
-        qas.append(QA(attr, ("what", attr, "is", "the", o.shape, "?"), (getattr(o, attr),), ((unit, o.ident),)))
-    by_colour = _unique(scene, "colour")
-    if by_colour:
-        o = by_colour[rng.integers(len(by_colour))]
-        qas.append(QA("shape", ("what", "shape", "is", "the", o.colour, "object", "?"), (o.shape,), ((unit, o.ident),)))
-    shape = str(rng.choice(SHAPES))
-    hits = [o for o in scene.objects if o.shape == shape]
-    qas.append(QA("count", ("how", "many", PLURALS[shape], "are", "there", "?"), (NUMBERS[len(hits)],), tuple((unit, o.ident) for o in hits)))
+    for o in by_shape:
+        for attr in ("colour", "size", "texture"):
+            questions.append(QA(attr, ("what", attr, "is", "the", o.shape, "?"), (getattr(o, attr),), ((unit, o.ident),)))
+    for o in _unique(scene, "colour"):
+        questions.append(QA("shape", ("what", "shape", "is", "the", o.colour, "object", "?"), (o.shape,), ((unit, o.ident),)))
+    for shape in dict.fromkeys((str(rng.choice([o.shape for o in scene.objects])), str(rng.choice(SHAPES)))):
+        hits = [o for o in scene.objects if o.shape == shape]
+        questions.append(QA("count", ("how", "many", PLURALS[shape], "are", "there", "?"), (NUMBERS[len(hits)],), tuple((unit, o.ident) for o in hits)))
     pairs = [(a, b) for a in by_shape for b in by_shape if a is not b]
     rng.shuffle(pairs)
+    relations = 0
     for a, b in pairs:
         dr, dc = a.centre[0] - b.centre[0], a.centre[1] - b.centre[1]
-        if abs(dr) != abs(dc):
+        if abs(dr) != abs(dc) and relations < 2:
             rel = ("below" if dr > 0 else "above") if abs(dr) > abs(dc) else ("right" if dc > 0 else "left")
-            qas.append(QA("relation", ("where", "is", "the", a.shape, "relative", "to", "the", b.shape, "?"), (rel,), ((unit, a.ident), (unit, b.ident))))
-            break
-    order = rng.permutation(len(qas))
-    return [qas[i] for i in order]
+            questions.append(QA("relation", ("where", "is", "the", a.shape, "relative", "to", "the", b.shape, "?"), (rel,), ((unit, a.ident), (unit, b.ident))))
+            relations += 1
+    order = rng.permutation(len(questions))
+    return qas + [questions[i] for i in order]
 
 
 def multi_image_questions(scenes: list[Scene], rng: np.random.Generator) -> list[QA]:

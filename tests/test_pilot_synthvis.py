@@ -44,6 +44,20 @@ def test_caption_lists_every_object_and_parses_back_into_facts():
         assert (obj.shape, "colour", obj.colour) in facts
 
 
+def test_caption_wordings_differ_in_function_words_only():
+    import numpy as np
+
+    scene = synthvis.image_episode("test", 0, 1, max_objects=4).scenes[0]
+    wordings = {synthvis.caption_words(scene, np.random.default_rng(seed)) for seed in range(20)}
+    assert len(wordings) > 1
+    tok = synthvis.Tokenizer()
+    canonical = synthvis.caption_words(scene)
+    for words in wordings:
+        assert sorted(synthvis.caption_facts(words)) == sorted(synthvis.caption_facts(canonical))
+        content = [w for w in words if tok.is_visual_content(tok.ids[w])]
+        assert content == [w for w in canonical if tok.is_visual_content(tok.ids[w])]
+
+
 def test_vqa_answers_follow_from_the_scene():
     for i in range(30):
         ep = synthvis.image_episode("val", 1, i)

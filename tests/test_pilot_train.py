@@ -49,6 +49,29 @@ def test_checkpoint_is_cached_and_reloads_the_same_model(smoke, cache_dir):
     assert again.metrics == smoke.metrics
 
 
+def test_packed_questions_are_trained_as_they_are_evaluated():
+    """Teacher-forced logits of every question in a packed training sequence equal those of the
+    question asked alone after the pictures, as evaluation asks it: no question sees another."""
+    from pilot_experiments.model import LVLM, config_for
+
+    tok = synthvis.Tokenizer()
+    torch.manual_seed(0)
+    model = LVLM(config_for("draft", len(tok))).eval()
+    ep = synthvis.image_episode("val", 0, 3, image_px=32, max_objects=3)
+    batch = T.pack([ep], tok)
+    inputs = model.embed_prompt(batch.pixels, batch.times, batch.text)
+    bias = T.isolate_questions(inputs, batch, model.cfg.lm_kv_heads)
+    with torch.no_grad():
+        packed = model(inputs, attn_bias=bias).logits[0, inputs.length - batch.text.shape[1] :]
+        start = 0
+        for qa in ep.qas:
+            ids = tok.encode(qa.question) + [tok.ans_id] + tok.encode(qa.answer) + [tok.eos_id]
+            alone = model(model.embed_prompt(batch.pixels, batch.times, torch.tensor([ids]))).logits[0, -len(ids) :]
+            torch.testing.assert_close(packed[start : start + len(ids)], alone, atol=1e-4, rtol=1e-4)
+            start += len(ids)
+    assert len(ep.qas) > 3
+
+
 def test_checkpoint_key_changes_with_the_config():
     a = T.checkpoint_key("draft", T.train_config("smoke"))
     assert a == T.checkpoint_key("draft", T.train_config("smoke"))
