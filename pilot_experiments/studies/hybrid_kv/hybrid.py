@@ -15,9 +15,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from pilot_experiments.backends.base import QueryTap
 from pilot_experiments.kvcache import VISUAL, KVCache, LayerCache, QuantBlock, Store, select_per_head
 from pilot_experiments.studies.hybrid_kv.allocation import allocate
-from pilot_experiments.studies.hybrid_kv.observe import Observation, QueryTap
+from pilot_experiments.studies.hybrid_kv.observe import Observation
 from pilot_experiments.studies.hybrid_kv.policies import PolicyError, VisualBudgetPolicy, _check_fraction, keep_top_visual
 
 

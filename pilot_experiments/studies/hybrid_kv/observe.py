@@ -1,11 +1,11 @@
 """What the policies look at: the prefill queries of each layer and their attention on the cache.
 
-`QueryTap` hooks the query projection of every decoder layer and keeps its latest output, so that
-attention weights can be computed on demand for a few queries only (the observation window), and
-so that retrieval can score chunks with the current decode query. `observe` turns the tapped
-window queries into an `Observation`: per layer, the softmax attention of each window query on
-every hot entry, exactly as the model computes it (RoPE, 1/sqrt(d) scaling, causal within the
-window).
+A backend's query tap (`backend.query_tap()`; `QueryTap(model)` for the reference LVLM) keeps every
+decoder layer's latest queries, so that attention weights can be computed on demand for a few
+queries only (the observation window), and so that retrieval can score chunks with the current
+decode query. `observe` turns the tapped window queries into an `Observation`: per layer, the
+softmax attention of each window query on every hot entry, exactly as the model computes it
+(RoPE, 1/sqrt(d) scaling, causal within the window).
 """
 
 from __future__ import annotations
@@ -15,51 +15,16 @@ from dataclasses import dataclass
 
 import torch
 
+from pilot_experiments.backends.base import QueryTap as Tap
+from pilot_experiments.backends.reference import ReferenceQueryTap as QueryTap
 from pilot_experiments.kvcache import VISUAL, KVCache
-from pilot_experiments.model import LVLM, rope
+
+__all__ = ["Observation", "ObservationError", "QueryTap", "observe", "window_length"]
 
 
 class ObservationError(ValueError):
-    """Attention cannot be observed (no tapped queries, a window longer than the prompt)."""
-
-
-class QueryTap:
-    """Context manager: while active, `latest[i]` holds layer i's last query projection output
-    (batch, T, heads * head_dim), before RoPE."""
-
-    def __init__(self, model: LVLM) -> None:
-        self.model = model
-        self.latest: list[torch.Tensor | None] = [None] * len(model.blocks)
-        self._handles: list = []
-
-    def __enter__(self) -> QueryTap:
-        for i, block in enumerate(self.model.blocks):
-            self._handles.append(block.attn.q.register_forward_hook(self._store(i)))
-        return self
-
-    def _store(self, i: int):
-        def hook(module, args, output):
-            self.latest[i] = output.detach()
-
-        return hook
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-    def queries(self, layer: int, positions: torch.Tensor) -> torch.Tensor:
-        """The last `positions.shape[1]` tapped queries of a layer, rotated to `positions`
-        (batch, n): (batch, heads, n, head_dim)."""
-        raw = self.latest[layer]
-        if raw is None:
-            raise ObservationError("no query was tapped; run the model inside `with QueryTap(model)`")
-        attn = self.model.blocks[layer].attn
-        n = positions.shape[1]
-        if raw.shape[1] < n:
-            raise ObservationError(f"asked for {n} queries but only {raw.shape[1]} were tapped")
-        q = raw[:, -n:].view(raw.shape[0], n, attn.heads, attn.head_dim).transpose(1, 2)
-        return rope(q, positions, attn.theta)
+    """Attention cannot be observed (a prompt without visual entries, a window longer than the
+    prompt); a tap that holds no queries raises `BackendError`."""
 
 
 @dataclass
@@ -71,7 +36,7 @@ class Observation:
     attention: list[torch.Tensor]
     visual: torch.Tensor
     group: int
-    tap: QueryTap
+    tap: Tap
 
     @property
     def layers(self) -> int:
@@ -103,7 +68,7 @@ def window_length(cache: KVCache) -> int:
 
 
 @torch.no_grad()
-def observe(tap: QueryTap, cache: KVCache, window: int | None = None) -> Observation:
+def observe(tap: Tap, cache: KVCache, window: int | None = None) -> Observation:
     """Attention of the last `window` prefill queries (default: the question after the last
     visual entry) on every hot entry of every layer, right after prefill."""
     window = window_length(cache) if window is None else window

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 import torch
 
 from pilot_experiments import harness, metrics, synthvis, train
+from pilot_experiments.backends import Backend, as_backend
 from pilot_experiments.kvcache import VISUAL, KVCache, LayerCache
 from pilot_experiments.model import LVLM
 from pilot_experiments.studies.hybrid_kv import report
 from pilot_experiments.studies.hybrid_kv.calibration import visual_head_scores
 from pilot_experiments.studies.hybrid_kv.hybrid import Hybrid, RetrievalLayerCache
-from pilot_experiments.studies.hybrid_kv.observe import Observation, QueryTap, observe
+from pilot_experiments.studies.hybrid_kv.observe import Observation, observe
 from pilot_experiments.studies.hybrid_kv.policies import FullCache, LookM, MadaKV, Policy, PolicyError, SparseMM
 
 STUDY = "hybrid-kv"
@@ -133,8 +134,9 @@ class Answer:
 
 
 @torch.no_grad()
-def answer(model: LVLM, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int, tok: synthvis.Tokenizer) -> Answer:
+def answer(model: Backend | LVLM, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int, tok: synthvis.Tokenizer) -> Answer:
     """Compress a copy of the prefilled `cache`, then decode `<ans>` and the answer greedily."""
+    backend = as_backend(model)
     prompt_length = cache.length
     cache = copy.deepcopy(cache)
     start = time.perf_counter()
@@ -143,11 +145,11 @@ def answer(model: LVLM, cache: KVCache, obs: Observation, policy: Policy, *, com
         cache.compact(reserve=max_new + 1)
     compress_s = time.perf_counter() - start
     visual_kept, total_kept = kept_fractions(cache, obs, prompt_length)
-    device = next(model.parameters()).device
+    device = backend.device
     token, out, steps, sizes = tok.ans_id, [], [], None
     for _ in range(max_new):
         begun = time.perf_counter()
-        logits = model.decode(torch.tensor([[token]], device=device), cache).logits[:, -1]
+        logits = backend.decode(torch.tensor([[token]], device=device), cache).logits[:, -1]
         token = int(logits.argmax(-1))
         steps.append(time.perf_counter() - begun)
         if sizes is None:  # after the first step, so that retrieval's working set is in place
@@ -212,17 +214,18 @@ def evaluate(model: LVLM, cfg: HybridKVConfig, tc: train.TrainConfig, head_score
     configs = run_configs(cfg)
     tallies = {c: Tally() for c in configs}
     items = [(family, ep, qa) for family, ep in episodes(cfg, tc) for qa in ep.qas]
-    with harness.progress() as bar, QueryTap(model) as tap:
+    backend = as_backend(model)
+    with harness.progress() as bar, backend.query_tap() as tap:
         task = bar.add_task(f"{STUDY}: {len(configs)} configs", total=len(items))
         for family, ep, qa in items:
             inputs = prompt(model, ep, qa.question, tok)
             max_new = len(qa.answer) + 8
-            cache = model.new_cache(1, capacity=inputs.length + max_new + 2)
+            cache = backend.new_cache(1, capacity=inputs.length + max_new + 2)
             with torch.no_grad():
-                model.prefill(inputs, cache)
+                backend.prefill(inputs, cache)
             obs = observe(tap, cache)
             for method, budget in configs:
-                ans = answer(model, cache, obs, make_policy(method, budget, cfg, head_scores), compact=True, max_new=max_new, tok=tok)
+                ans = answer(backend, cache, obs, make_policy(method, budget, cfg, head_scores), compact=True, max_new=max_new, tok=tok)
                 tallies[(method, budget)].add(family, qa.kind, score(qa.kind, tok.decode(ans.tokens).split(), qa.answer), ans)
             bar.update(task, advance=1)
     return tallies
@@ -239,7 +242,7 @@ def latency(model: LVLM, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores
     inputs = model.embed_prompt(ep.pixels[None].to(device), torch.tensor([ep.times], device=device), text)
     out = {}
     configs = run_configs(cfg)
-    with harness.progress() as bar, QueryTap(model) as tap:
+    with harness.progress() as bar, as_backend(model).query_tap() as tap:
         task = bar.add_task(f"{STUDY}: latency at {inputs.length} tokens", total=2 * len(configs))
         for method, budget in configs:
             for mode in ("masked", "compacted"):

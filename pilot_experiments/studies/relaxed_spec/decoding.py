@@ -1,4 +1,5 @@
-"""Autoregressive and speculative decoding of one prompt over the substrate's explicit KV caches.
+"""Autoregressive and speculative decoding of one prompt over the substrate's explicit KV caches,
+for any backend (the reference LVLM itself, or one from `pilot_experiments.backends`).
 
 Both loops start after the prefill, from the target's logits for the first answer token, and pass
 sequence positions explicitly (the draft's pruned cache is shorter than the target's, but its
@@ -12,8 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pilot_experiments.backends.base import Backend
 from pilot_experiments.kvcache import KVCache
-from pilot_experiments.model import LVLM
 from pilot_experiments.studies.relaxed_spec.rules import VerificationRule
 
 
@@ -56,7 +57,7 @@ def _tensor(tokens: list[int], device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def autoregressive(target: LVLM, cache: KVCache, first_logits: torch.Tensor, start: int, max_new: int, eos: int, temperature: float = 0.0, generator=None) -> list[int]:
+def autoregressive(target: Backend, cache: KVCache, first_logits: torch.Tensor, start: int, max_new: int, eos: int, temperature: float = 0.0, generator=None) -> list[int]:
     """Plain decoding: one target step per token; `start` is the first answer token's position."""
     tokens = [pick(first_logits, temperature, generator)[0]]
     while tokens[-1] != eos and len(tokens) < max_new:
@@ -67,7 +68,7 @@ def autoregressive(target: LVLM, cache: KVCache, first_logits: torch.Tensor, sta
 
 @torch.no_grad()
 def speculative(
-    target: LVLM, draft: LVLM, target_cache: KVCache, draft_cache: KVCache, first_logits: torch.Tensor, start: int,
+    target: Backend, draft: Backend, target_cache: KVCache, draft_cache: KVCache, first_logits: torch.Tensor, start: int,
     rule: VerificationRule, gamma: int, max_new: int, eos: int, generator=None,
 ) -> tuple[list[int], DecodeStats]:
     """Draft `gamma` tokens, verify them in one target pass, keep what `rule` accepts plus the

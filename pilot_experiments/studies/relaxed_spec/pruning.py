@@ -9,7 +9,7 @@ original positions, so the draft's RoPE distances match the full prompt.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -75,4 +75,5 @@ class VisualPruning:
         keep[visual] = False
         keep[visual[self.keep(scores)]] = True
         index = keep.nonzero()[:, 0]
-        return Inputs(*(t[:, index] for t in (inputs.embeds, inputs.positions, inputs.modality, inputs.frame, inputs.token_ids)))
+        kept = {f.name: getattr(inputs, f.name) for f in fields(inputs)}  # a backend's Inputs may carry more per-token fields
+        return type(inputs)(**{name: None if t is None else t[:, index] for name, t in kept.items()})
