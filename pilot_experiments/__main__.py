@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from pilot_experiments import roofline, train
+from pilot_experiments.backends import real_checkpoints
 from pilot_experiments.studies.hybrid_kv import study as hybrid_kv
 from pilot_experiments.studies.relaxed_spec import cli as relaxed_spec
 from pilot_experiments.studies.serving import study as serving
@@ -22,6 +23,7 @@ COMMANDS = [
     relaxed_spec.register_cli,
     streaming.register_cli,
     serving.register_cli,
+    real_checkpoints.register_cli,
 ]
 
 

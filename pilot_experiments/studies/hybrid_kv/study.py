@@ -39,7 +39,7 @@ class HybridKVConfig:
 
     preset: str
     size: str = "target"
-    image_episodes: int = 40
+    image_episodes: int = 20  # about 15 questions each
     multi_episodes: int = 20
     video_episodes: int = 60
     calibration_episodes: int = 40
