@@ -1,6 +1,8 @@
 """Metrics and harness: timing medians, peak memory, generation timing, results files."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,13 +19,24 @@ def test_time_call_reports_the_median_of_the_timed_repeats():
     assert timing.median_s == sorted(timing.samples_s)[2]
 
 
-def test_peak_memory_sees_a_large_allocation():
-    with metrics.PeakMemory("cpu") as mem:
-        x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB
-        del x
-    assert mem.peak_bytes > 0
-    if mem.exact:
-        assert mem.delta_bytes >= 48 * 1024 * 1024
+PEAK_PROBE = """
+import json, torch
+from pilot_experiments import metrics
+with metrics.PeakMemory("cpu") as mem:
+    x = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB
+    del x
+print(json.dumps({"peak": mem.peak_bytes, "delta": mem.delta_bytes, "exact": mem.exact}))
+"""
+
+
+def test_peak_memory_sees_a_large_allocation(repo_root):
+    # In a fresh process: after earlier tests free large buffers, an allocator may serve the
+    # 64 MiB from pages that are already resident, and RSS (what the CPU path reads) does not move.
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE], cwd=repo_root, capture_output=True, text=True, check=True)
+    mem = json.loads(out.stdout.strip().splitlines()[-1])
+    assert mem["peak"] > 0
+    if mem["exact"]:
+        assert mem["delta"] >= 48 * 1024 * 1024
 
 
 def test_generation_timing_and_kv_bytes_on_a_tiny_model():
