@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pilot_experiments import synthvis
+from pilot_experiments.backends import ReferenceQueryTap
 from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import LVLM, config_for
 from pilot_experiments.studies.hybrid_kv import (
@@ -20,7 +21,6 @@ from pilot_experiments.studies.hybrid_kv import (
     MadaKV,
     PolicyError,
     Quantize,
-    QueryTap,
     RetrievalLayerCache,
     SparseMM,
     observe,
@@ -45,7 +45,7 @@ def prefilled(model):
     ep = synthvis.image_episode("test", 0, 1, image_px=32)
     qa = ep.qas[0]
     inputs = model.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question)]))
-    tap = QueryTap(model).__enter__()
+    tap = ReferenceQueryTap(model).__enter__()
     cache = model.new_cache(1, capacity=inputs.length + 16)
     with torch.no_grad():
         model.prefill(inputs, cache)

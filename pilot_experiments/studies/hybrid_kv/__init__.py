@@ -4,8 +4,12 @@ Policies (`policies.py`, `hybrid.py`) compress the reference LVLM's KV cache aft
 `study.py` evaluates them on SynthVis and `report.py` writes the Table 7 / 8 analogues.
 """
 
-from pilot_experiments.studies.hybrid_kv.hybrid import Hybrid, RetrievalLayerCache, rank_chunks
-from pilot_experiments.studies.hybrid_kv.observe import Observation, QueryTap, observe
+from pilot_experiments.studies.hybrid_kv.hybrid import (
+    Hybrid,
+    RetrievalLayerCache,
+    rank_chunks,
+)
+from pilot_experiments.studies.hybrid_kv.observe import Observation, observe
 from pilot_experiments.studies.hybrid_kv.policies import (
     Compose,
     FullCache,
@@ -19,6 +23,6 @@ from pilot_experiments.studies.hybrid_kv.policies import (
 )
 
 __all__ = [
-    "Compose", "FullCache", "Hybrid", "LookM", "MadaKV", "Observation", "Policy", "PolicyError", "QueryTap", "Quantize",
+    "Compose", "FullCache", "Hybrid", "LookM", "MadaKV", "Observation", "Policy", "PolicyError", "Quantize",
     "RetrievalLayerCache", "SparseMM", "VisualBudgetPolicy", "observe", "rank_chunks",
 ]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from pilot_experiments import synthvis
+from pilot_experiments.backends import ReferenceQueryTap
 from pilot_experiments.model import LVLM
-from pilot_experiments.studies.hybrid_kv.observe import QueryTap, observe
+from pilot_experiments.studies.hybrid_kv.observe import observe
 from pilot_experiments.studies.hybrid_kv.policies import PolicyError
 
 SINGLE_OBJECT_KINDS = ("colour", "shape", "size", "texture")
@@ -25,7 +26,7 @@ def visual_head_scores(model: LVLM, episodes: list[synthvis.Episode], tok: synth
     device = next(model.parameters()).device
     hits = torch.zeros(cfg.lm_layers, cfg.lm_heads)
     asked = 0
-    with QueryTap(model) as tap:
+    with ReferenceQueryTap(model) as tap:
         for ep in episodes:
             scene = ep.scenes[0]
             for qa in ep.qas:

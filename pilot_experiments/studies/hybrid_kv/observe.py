@@ -1,6 +1,6 @@
 """What the policies look at: the prefill queries of each layer and their attention on the cache.
 
-A backend's query tap (`backend.query_tap()`; `QueryTap(model)` for the reference LVLM) keeps every
+A backend's query tap (`backend.query_tap()`; `ReferenceQueryTap(model)` for the reference LVLM) keeps every
 decoder layer's latest queries, so that attention weights can be computed on demand for a few
 queries only (the observation window), and so that retrieval can score chunks with the current
 decode query. `observe` turns the tapped window queries into an `Observation`: per layer, the
@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from pilot_experiments.backends.base import QueryTap as Tap
-from pilot_experiments.backends.reference import ReferenceQueryTap as QueryTap
 from pilot_experiments.kvcache import VISUAL, KVCache
-
-__all__ = ["Observation", "ObservationError", "QueryTap", "observe", "window_length"]
 
 
 class ObservationError(ValueError):
