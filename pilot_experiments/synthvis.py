@@ -104,6 +104,11 @@ class Tokenizer:
         """(vocab,) bool tensor: which token ids are visual-content words."""
         return torch.tensor([c in VISUAL_CONTENT_CLASSES for c in self.classes])
 
+    def class_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(content, special) (vocab,) bool tensors, the masks modality-aware verification reads;
+        every other token is a function word."""
+        return self.visual_content_mask(), torch.tensor([c == "special" for c in self.classes])
+
 
 # ----------------------------------------------------------------------------- world
 

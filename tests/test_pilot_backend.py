@@ -11,8 +11,7 @@ from pilot_experiments.backends import Backend, BackendError, ReferenceBackend, 
 from pilot_experiments.backends.english import content_f1, token_class
 from pilot_experiments.backends.packaged import packaged_file
 from pilot_experiments.model import LVLM, config_for
-from pilot_experiments.studies.hybrid_kv import FullCache, observe
-from pilot_experiments.studies.hybrid_kv.study import answer
+from pilot_experiments.studies.hybrid_kv import observe
 from pilot_experiments.studies.relaxed_spec.decoding import speculative
 from pilot_experiments.studies.relaxed_spec.rules import StrictMatch
 
@@ -66,16 +65,14 @@ def test_tapped_queries_drive_the_observation(model, inputs):
 def test_studies_take_a_backend_where_they_took_the_model(model, inputs):
     backend = as_backend(model)
     cache = backend.new_cache(1, inputs.length + 16)
-    with backend.query_tap() as tap, torch.no_grad():
+    with torch.no_grad():
         first = backend.prefill(inputs, cache).logits[0, -1]
-        obs = observe(tap, cache)
     draft_cache = backend.new_cache(1, inputs.length + 16)
     with torch.no_grad():
         backend.prefill(inputs, draft_cache)
     expected = model.generate(inputs, max_new_tokens=10)
     tokens, _ = speculative(backend, backend, cache.clone(), draft_cache, first, inputs.length, StrictMatch(), 3, 10, eos=TOK.eos_id)
     assert tokens == expected
-    assert answer(backend, cache, obs, FullCache(), compact=True, max_new=10, tok=TOK).tokens == answer(model, cache, obs, FullCache(), compact=True, max_new=10, tok=TOK).tokens
 
 
 def test_a_missing_package_names_the_install_command():

@@ -195,7 +195,7 @@ def test_accepted_length_never_exceeds_gamma_plus_one(case, name):
     target_logits = torch.randn(gamma + 1, vocab, generator=gen) * 3
     draft_probs = torch.softmax(torch.randn(gamma, vocab, generator=gen) * 3, dim=-1)
     draft_tokens = torch.multinomial(draft_probs, 1, generator=gen)[:, 0]
-    n, nxt = study.RULES[name](TOK, seed).accept(draft_tokens, draft_probs, target_logits)
+    n, nxt = study.RULES[name](TOK.class_masks(), seed).accept(draft_tokens, draft_probs, target_logits)
     assert 0 <= n <= gamma and 0 <= nxt < vocab
 
 

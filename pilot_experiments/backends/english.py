@@ -36,15 +36,19 @@ def token_class(text: str) -> str:
     return "content"
 
 
-def word_class_masks(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """(content_mask, special_mask), each (vocab,) bool, for a Hugging Face tokenizer; the two
-    masks `ModalityAwareRelaxation` takes."""
+def word_class_masks(tokenizer, rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(content_mask, special_mask), each (rows,) bool, for a Hugging Face tokenizer; the two
+    masks `ModalityAwareRelaxation` takes. `rows` is the model's output size (default: the
+    tokenizer's); rows beyond the tokenizer, which no text maps to, count as special."""
     vocab = len(tokenizer)
-    special = torch.zeros(vocab, dtype=torch.bool)
+    rows = vocab if rows is None else rows
+    special = torch.ones(max(rows, vocab), dtype=torch.bool)
+    special[:vocab] = False
     special[[i for i in tokenizer.all_special_ids if i < vocab]] = True
     texts = tokenizer.batch_decode([[i] for i in range(vocab)])
-    content = torch.tensor([token_class(t) == "content" for t in texts]) & ~special
-    return content, special
+    content = torch.zeros_like(special)
+    content[:vocab] = torch.tensor([token_class(t) == "content" for t in texts])
+    return (content & ~special)[:rows], special[:rows]
 
 
 def content_words(text: str) -> list[str]:

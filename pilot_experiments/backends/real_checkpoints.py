@@ -78,9 +78,7 @@ def _prefill(backend: HFBackend, inputs: HFInputs, extra: int, *, need_attn: boo
 
 def class_masks(backend: HFBackend) -> tuple[torch.Tensor, torch.Tensor]:
     """(content, special) masks over the model's output rows; rows beyond the tokenizer are special."""
-    content, special = word_class_masks(backend.tokenizer)
-    pad = backend.lm_head.out_features - content.shape[0]
-    return torch.cat([content, torch.zeros(pad, dtype=torch.bool)]), torch.cat([special, torch.ones(pad, dtype=torch.bool)])
+    return word_class_masks(backend.tokenizer, rows=backend.lm_head.out_features)
 
 
 def rules(content: torch.Tensor, special: torch.Tensor) -> dict[str, VerificationRule]:

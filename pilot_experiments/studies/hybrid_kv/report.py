@@ -77,7 +77,7 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.Tensor, model, quality: dict) -> harness.StudyRecord:
+def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.Tensor, prompter, quality: dict) -> harness.StudyRecord:
     summary = {key: _summary(t, tallies[("FullCache", 1.0)]) for key, t in tallies.items()}
     full = summary[("FullCache", 1.0)]
     full_lat = {mode: timings[("FullCache", 1.0, mode)] for mode in ("masked", "compacted")}
@@ -104,10 +104,10 @@ def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.
                                        "latency": {"masked": lat_m, "compacted": lat_c}}
     targets = _targets(summary, timings, cfg)
     metrics = {
-        "model": cfg.size, "params": model.param_counts()["total"], "context_latency": full_lat["compacted"]["context"],
+        "model": prompter.label, "params": prompter.params, "context_latency": full_lat["compacted"]["context"],
         "sparsemm_head_scores": head_scores, "results": table, "targets": targets, "model_quality": quality,
     }
-    notes = _notes(cfg, summary, timings, targets, model, quality)
+    notes = _notes(cfg, summary, timings, targets, prompter, quality)
     return harness.StudyRecord(metrics, rows, _plot(summary, timings), notes)
 
 
@@ -152,28 +152,29 @@ def _rank(values: dict[str, float]) -> dict[str, int]:
     return {k: order.index(k) + 1 for k in values}
 
 
-def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, model, quality: dict) -> str:
+def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, prompter, quality: dict) -> str:
     full = summary[("FullCache", 1.0)]
     q = ", ".join(f"{k} {quality[k]:.2f}" for k in ("vqa", "temporal", "multi", "caption_f1") if k in quality)
     se = ", ".join(f"{k} +/- {v:.3f}" for k, v in full["stderr"].items())
+    own = (f"The `{prompter.label}` checkpoint's own test-split quality is {q} (exact match / F1), so the full cache is far from perfect and"
+           if q else f"`{prompter.label}` was not trained on SynthVis; the full cache's own accuracy is in the table below, and")
     reading = (
-        f"**How much these numbers can say.** The `{cfg.size}` checkpoint's own test-split quality is {q} (exact match / F1), "
-        f"so the full cache is far from perfect and accuracy differences are noisy: the standard error of the full cache's "
+        f"**How much these numbers can say.** {own} accuracy differences are noisy: the standard error of the full cache's "
         f"accuracy is {se} (per set, over items). Differences between methods smaller than about twice that are not "
         "evidence either way; the `agreement with full` column (share of answers identical to the full cache's) is the "
         "more sensitive measure of what compression changes."
     )
     lines = [
-        f"Model `{cfg.size}` ({model.param_counts()['total']:,} parameters, {cfg.dtype}); held-out SynthVis test questions: "
+        f"Model `{prompter.label}` ({prompter.params:,} parameters, {cfg.dtype}); held-out SynthVis test questions: "
         + ", ".join(f"{n} {k}" for k, n in full["items"].items())
-        + f" (image set = single- and two-image episodes, video set = {cfg.size} preset videos). SparseMM calibrated on "
+        + f" (image set = single- and two-image episodes, video set = {cfg.preset} preset videos). SparseMM calibrated on "
         f"{cfg.calibration_episodes} val images. Budget = fraction of visual KV entries a decode step attends; text is always kept. "
         f"Latency: one video prompt of {timings[('FullCache', 1.0, 'compacted')]['context']} tokens, {cfg.latency_tokens} "
         f"forced decode steps x {cfg.latency_repeats} repeats, median per token. Command: "
-        f"`python -m pilot_experiments hybrid-kv --preset {cfg.preset}`.",
+        f"`python -m pilot_experiments hybrid-kv --preset {cfg.preset}" + (f" --model {cfg.model}" if cfg.model else "") + "`.",
         "",
-        "Protocol: the prompt `<bos> (<img> visual)* question` is prefilled with the full cache; every policy scores with the "
-        "question's attention (the observation window); the cache is compressed and compacted; `<ans>` and the whole answer are "
+        "Protocol: the prompt `<bos> (<img> visual)* question` (a checkpoint's chat template, with the assistant turn opened) is prefilled with the full cache; every policy scores with the "
+        "question's attention (the observation window); the cache is compressed and compacted; `<ans>` (the template's last token) and the whole answer are "
         "then decoded under the compressed cache. At 100 % every policy keeps every entry, so only the full cache is run there "
         "(the tests check that each policy at 100 % reproduces the full cache's logits). KV resident = bytes the compressed "
         "prompt's KV tensors occupy on the compute device after the first decode step (retrieval working slots and chunk mean "

@@ -15,11 +15,12 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from pilot_experiments import harness, metrics, synthvis, train
-from pilot_experiments.backends import Backend, as_backend
+from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter, as_prompter
 from pilot_experiments.kvcache import VISUAL, KVCache, LayerCache
 from pilot_experiments.model import LVLM
 from pilot_experiments.studies.hybrid_kv import report
@@ -52,6 +53,7 @@ class HybridKVConfig:
     latency_repeats: int = 3
     seed: int = 0
     split: str = "test"  # evaluation split; SparseMM always calibrates on "val"
+    model: str | None = None  # a local Qwen2.5-VL checkpoint directory instead of the trained reference LVLM
     device: str = "cpu"
     dtype: str = "float32"
     threads: int = 1  # CPU threads: other jobs share this machine's cores, and spinning OpenMP workers then stall
@@ -66,11 +68,11 @@ PRESETS = {
 }
 
 
-def config_for(preset: str, device: str = "cpu") -> HybridKVConfig:
+def config_for(preset: str, device: str = "cpu", model: str | None = None, dtype: str | None = None) -> HybridKVConfig:
     harness.check_preset(preset)
     from dataclasses import replace
 
-    return replace(PRESETS[preset], device=device)
+    return replace(PRESETS[preset], device=device, model=model, dtype=dtype or PRESETS[preset].dtype)
 
 
 def make_policy(method: str, budget: float, cfg: HybridKVConfig, head_scores: torch.Tensor) -> Policy:
@@ -134,9 +136,11 @@ class Answer:
 
 
 @torch.no_grad()
-def answer(model: Backend | LVLM, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int, tok: synthvis.Tokenizer) -> Answer:
-    """Compress a copy of the prefilled `cache`, then decode `<ans>` and the answer greedily."""
-    backend = as_backend(model)
+def answer(model: Prompter | LVLM, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int) -> Answer:
+    """Compress a copy of the prefilled `cache`, then decode the answer start (`<ans>` for the
+    reference LVLM) and the answer greedily."""
+    prompter = as_prompter(model)
+    backend = prompter.backend
     prompt_length = cache.length
     cache = copy.deepcopy(cache)
     start = time.perf_counter()
@@ -146,7 +150,7 @@ def answer(model: Backend | LVLM, cache: KVCache, obs: Observation, policy: Poli
     compress_s = time.perf_counter() - start
     visual_kept, total_kept = kept_fractions(cache, obs, prompt_length)
     device = backend.device
-    token, out, steps, sizes = tok.ans_id, [], [], None
+    token, out, steps, sizes = prompter.answer_start, [], [], None
     for _ in range(max_new):
         begun = time.perf_counter()
         logits = backend.decode(torch.tensor([[token]], device=device), cache).logits[:, -1]
@@ -154,7 +158,7 @@ def answer(model: Backend | LVLM, cache: KVCache, obs: Observation, policy: Poli
         steps.append(time.perf_counter() - begun)
         if sizes is None:  # after the first step, so that retrieval's working set is in place
             sizes = {**metrics.kv_bytes(cache), "prompt_resident": prompt_resident_bytes(cache)}
-        if token == tok.eos_id:
+        if token == prompter.eos:
             break
         out.append(token)
     return Answer(out, steps, compress_s, sizes, visual_kept, total_kept)
@@ -167,22 +171,20 @@ def score(kind: str, predicted: list[str], truth: tuple[str, ...]) -> float:
 # ----------------------------------------------------------------------------- the study
 
 
-def load_model(cfg: HybridKVConfig) -> tuple[LVLM, train.TrainConfig, dict[str, float]]:
-    """The trained model (cast to the run's dtype), its training config and its test-split quality."""
+def load_model(cfg: HybridKVConfig) -> tuple[Prompter, train.TrainConfig, dict[str, float]]:
+    """The model to study (cast to the run's dtype), the training config whose world settings
+    (image size, video length, objects) the episodes follow, and the model's test-split quality
+    from training (empty for a checkpoint given with `cfg.model`)."""
+    dtype = getattr(torch, cfg.dtype)
+    if cfg.model is not None:
+        return ChatPrompter.from_pretrained(cfg.model, dtype=dtype, device=cfg.device), train.train_config(cfg.preset), {}
     result = train.load_or_train(cfg.size, cfg.preset, cfg.device)
-    model = result.model.to(getattr(torch, cfg.dtype)).eval()
-    return model, result.train_config, result.metrics
+    return ReferencePrompter(result.model.to(dtype).eval()), result.train_config, result.metrics
 
 
 def episodes(cfg: HybridKVConfig, tc: train.TrainConfig) -> list[tuple[str, synthvis.Episode]]:
     counts = {"image": cfg.image_episodes, "multi": cfg.multi_episodes, "video": cfg.video_episodes}
     return [(family, train.family_episode(family, cfg.split, tc.seed, i, tc)) for family, n in counts.items() for i in range(n)]
-
-
-def prompt(model: LVLM, ep: synthvis.Episode, question: tuple[str, ...], tok: synthvis.Tokenizer):
-    device = next(model.parameters()).device
-    text = torch.tensor([tok.encode(question)], device=device)
-    return model.embed_prompt(ep.pixels[None].to(device), torch.tensor([ep.times], device=device), text)
 
 
 @dataclass
@@ -209,40 +211,37 @@ class Tally:
         self.total_kept.append(ans.total_kept)
 
 
-def evaluate(model: LVLM, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float], Tally]:
-    tok = synthvis.Tokenizer()
+def evaluate(prompter: Prompter, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float], Tally]:
     configs = run_configs(cfg)
     tallies = {c: Tally() for c in configs}
     items = [(family, ep, qa) for family, ep in episodes(cfg, tc) for qa in ep.qas]
-    backend = as_backend(model)
+    backend = prompter.backend
     with harness.progress() as bar, backend.query_tap() as tap:
         task = bar.add_task(f"{STUDY}: {len(configs)} configs", total=len(items))
         for family, ep, qa in items:
-            inputs = prompt(model, ep, qa.question, tok)
+            inputs = prompter.prompt(ep, qa.question, with_answer_start=False)
             max_new = len(qa.answer) + 8
             cache = backend.new_cache(1, capacity=inputs.length + max_new + 2)
             with torch.no_grad():
                 backend.prefill(inputs, cache)
             obs = observe(tap, cache)
             for method, budget in configs:
-                ans = answer(backend, cache, obs, make_policy(method, budget, cfg, head_scores), compact=True, max_new=max_new, tok=tok)
-                tallies[(method, budget)].add(family, qa.kind, score(qa.kind, tok.decode(ans.tokens).split(), qa.answer), ans)
+                ans = answer(prompter, cache, obs, make_policy(method, budget, cfg, head_scores), compact=True, max_new=max_new)
+                tallies[(method, budget)].add(family, qa.kind, score(qa.kind, prompter.words(ans.tokens), qa.answer), ans)
             bar.update(task, advance=1)
     return tallies
 
 
 @torch.no_grad()
-def latency(model: LVLM, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float, str], dict]:
+def latency(prompter: Prompter, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float, str], dict]:
     """TTFT (prefill + scoring + compression) and median time per output token on one long video
     prompt where visual entries dominate, for every method x budget, masked and compacted."""
-    tok = synthvis.Tokenizer()
     ep = synthvis.video_episode("test", tc.seed, 0, n_frames=cfg.latency_frames, frame_px=tc.frame_px, stride=1, max_objects=2)
-    device = next(model.parameters()).device
-    text = torch.tensor([tok.encode(ep.qas[0].question) + [tok.ans_id]], device=device)
-    inputs = model.embed_prompt(ep.pixels[None].to(device), torch.tensor([ep.times], device=device), text)
+    inputs = prompter.prompt(ep, ep.qas[0].question)
+    device = prompter.backend.device
     out = {}
     configs = run_configs(cfg)
-    with harness.progress() as bar, as_backend(model).query_tap() as tap:
+    with harness.progress() as bar, prompter.backend.query_tap() as tap:
         task = bar.add_task(f"{STUDY}: latency at {inputs.length} tokens", total=2 * len(configs))
         for method, budget in configs:
             for mode in ("masked", "compacted"):
@@ -256,7 +255,7 @@ def latency(model: LVLM, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores
                     sizes.update(metrics.kv_bytes(cache), prompt_resident=prompt_resident_bytes(cache))
 
                 with metrics.PeakMemory(device) as peak:
-                    timing = metrics.time_generation(model, inputs, cfg.latency_tokens, repeats=cfg.latency_repeats, after_prefill=after_prefill)
+                    timing = metrics.time_generation(prompter.backend, inputs, cfg.latency_tokens, repeats=cfg.latency_repeats, after_prefill=after_prefill)
                 out[(method, budget, mode)] = {
                     "context": inputs.length, "ttft_ms": timing.ttft_s * 1e3, "tpot_ms": timing.tpot_s * 1e3,
                     "peak_bytes": peak.peak_bytes, "peak_delta_bytes": peak.delta_bytes, "peak_exact": peak.exact,
@@ -271,22 +270,22 @@ def run(cfg: HybridKVConfig) -> harness.StudyRecord:
     if cfg.device == "cpu":
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    model, tc, quality = load_model(cfg)
-    tok = synthvis.Tokenizer()
+    prompter, tc, quality = load_model(cfg)
     calibration = [train.family_episode("image", "val", tc.seed, i, tc) for i in range(cfg.calibration_episodes)]
-    head_scores = visual_head_scores(model, calibration, tok)
-    tallies = evaluate(model, cfg, tc, head_scores)
-    timings = latency(model, cfg, tc, head_scores)
-    return report.build(cfg, tallies, timings, head_scores, model, quality)
+    head_scores = visual_head_scores(prompter, calibration)
+    tallies = evaluate(prompter, cfg, tc, head_scores)
+    timings = latency(prompter, cfg, tc, head_scores)
+    return report.build(cfg, tallies, timings, head_scores, prompter, quality)
 
 
 # ----------------------------------------------------------------------------- command line
 
 
 def run_cli(args) -> int:
-    device = harness.pick_device(args.preset)
-    cfg = config_for(args.preset, str(device))
-    path = harness.run_study(STUDY, args.preset, run, cfg, seed=cfg.seed, device=device)
+    device = torch.device(args.device) if args.device else harness.pick_device(args.preset)
+    cfg = config_for(args.preset, str(device), model=args.model, dtype=args.dtype)
+    study = STUDY if args.model is None else f"{STUDY}-{Path(args.model).name}"
+    path = harness.run_study(study, args.preset, run, cfg, seed=cfg.seed, device=device, results_dir=Path(args.results_dir))
     print(f"results: {path} (+ .md, .png)")
     return 0
 
@@ -294,4 +293,5 @@ def run_cli(args) -> int:
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser(STUDY, help="hybrid KV-cache compression by head type vs LOOK-M, MadaKV, SparseMM (survey Tables 7-8)")
     p.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    harness.add_checkpoint_arguments(p)
     p.set_defaults(handler=run_cli)

@@ -140,8 +140,8 @@ class ModalityAwareRelaxation(VerificationRule):
     @classmethod
     def for_tokenizer(cls, tokenizer, **knobs) -> ModalityAwareRelaxation:
         """Masks from the tokenizer's word classes (colours, shapes, numbers, positions, ... are content)."""
-        special = torch.tensor([c == "special" for c in tokenizer.classes])
-        return cls(content_mask=tokenizer.visual_content_mask(), special_mask=special, **knobs)
+        content, special = tokenizer.class_masks()
+        return cls(content_mask=content, special_mask=special, **knobs)
 
     def passes(self, draft_tokens, draft_probs, target_logits):
         greedy = target_logits.argmax(-1)

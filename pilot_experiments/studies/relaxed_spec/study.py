@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from pilot_experiments import metrics, synthvis, train
+from pilot_experiments.backends.base import Backend
+from pilot_experiments.backends.prompts import CAPTION_QUESTION, ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.harness import StudyRecord, progress
-from pilot_experiments.model import LVLM
 from pilot_experiments.studies.relaxed_spec.decoding import autoregressive, speculative
 from pilot_experiments.studies.relaxed_spec.pruning import VisualPruning, text_to_visual_scores
 from pilot_experiments.studies.relaxed_spec.rules import (
@@ -34,16 +35,16 @@ from pilot_experiments.studies.relaxed_spec.rules import (
     VerificationRule,
 )
 
-CAPTION_QUESTION = ("describe", "the", "image")
+Masks = tuple[torch.Tensor, torch.Tensor]  # (content, special) over the target's vocabulary: `Prompter.class_masks()`
 
-RULES: dict[str, Callable[[synthvis.Tokenizer, int], VerificationRule]] = {
-    "strict": lambda tok, seed: StrictMatch(),
-    "lossless": lambda tok, seed: LosslessSampling(seed=seed),
-    "random-0.5": lambda tok, seed: RandomRelaxation(rate=0.5, seed=seed),
-    "random-0.75": lambda tok, seed: RandomRelaxation(rate=0.75, seed=seed),
-    "typical": lambda tok, seed: TypicalAcceptance(),
-    "modality": lambda tok, seed: ModalityAwareRelaxation.for_tokenizer(tok, seed=seed),
-    "modality-tol0.5": lambda tok, seed: ModalityAwareRelaxation.for_tokenizer(tok, content_tolerance=0.5, seed=seed),
+RULES: dict[str, Callable[[Masks, int], VerificationRule]] = {
+    "strict": lambda masks, seed: StrictMatch(),
+    "lossless": lambda masks, seed: LosslessSampling(seed=seed),
+    "random-0.5": lambda masks, seed: RandomRelaxation(rate=0.5, seed=seed),
+    "random-0.75": lambda masks, seed: RandomRelaxation(rate=0.75, seed=seed),
+    "typical": lambda masks, seed: TypicalAcceptance(),
+    "modality": lambda masks, seed: ModalityAwareRelaxation(content_mask=masks[0], special_mask=masks[1], seed=seed),
+    "modality-tol0.5": lambda masks, seed: ModalityAwareRelaxation(content_mask=masks[0], special_mask=masks[1], content_tolerance=0.5, seed=seed),
 }
 
 # Survey Tables 9-10, Qwen2.5-VL-32B target / 7B draft, gamma 10, draft sees 10 % of the visual tokens.
@@ -60,8 +61,9 @@ class StudyError(ValueError):
 
 @dataclass(frozen=True)
 class RelaxedSpecConfig:
-    """What to run: models (sizes trained with `preset`), test episodes, the rule x gamma x pruning
-    grid, timing repeats, and the survey's setting used for the Table 9-10 comparison."""
+    """What to run: models (sizes trained with `preset`, or local Qwen2.5-VL checkpoints `model`
+    and `draft`), test episodes, the rule x gamma x pruning grid, timing repeats, and the survey's
+    setting used for the Table 9-10 comparison."""
 
     preset: str
     target_size: str
@@ -78,6 +80,9 @@ class RelaxedSpecConfig:
     full_grid: bool = True
     seed: int = 0
     threads: int | None = None
+    model: str | None = None  # a checkpoint directory instead of the reference target
+    draft: str | None = None  # its draft (same tokenizer); default: the checkpoint's own weights
+    dtype: str = "float32"  # of the checkpoints; the reference LVLM runs in float32
 
     def __post_init__(self) -> None:
         unknown = [r for r in self.rules if r not in RULES]
@@ -108,10 +113,13 @@ PRESETS = {
 }
 
 
-def config_for(preset: str) -> RelaxedSpecConfig:
+def config_for(preset: str, **checkpoints) -> RelaxedSpecConfig:
+    """The preset's config; `checkpoints` sets `model`, `draft` and `dtype` (None keeps the preset's)."""
     if preset not in PRESETS:
         raise StudyError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
-    return PRESETS[preset]
+    if checkpoints.get("draft") and not checkpoints.get("model"):
+        raise StudyError("--draft needs --model: the draft of a checkpoint must share its tokenizer")
+    return replace(PRESETS[preset], **{k: v for k, v in checkpoints.items() if v is not None})
 
 
 # ----------------------------------------------------------------------------- measuring one episode
@@ -153,19 +161,19 @@ class EpisodeRun:
     spec: dict[tuple[str, int, float], dict] = field(default_factory=dict)
 
 
-def _prefill(model: LVLM, inputs, capacity: int, device: torch.device, need_attn: bool = False) -> dict:
+def _prefill(model: Backend, inputs, capacity: int, device: torch.device, need_attn: bool = False) -> dict:
     cache = model.new_cache(1, capacity)
     out, seconds = _timed(lambda: model.prefill(inputs, cache, need_attn=need_attn), device)
     return {"cache": cache, "out": out, "prefill_s": seconds}
 
 
-def _ar_run(target: LVLM, prefilled: dict, start: int, max_new: int, eos: int, device: torch.device) -> dict:
+def _ar_run(target: Backend, prefilled: dict, start: int, max_new: int, eos: int, device: torch.device) -> dict:
     cache = prefilled["cache"].clone()
     tokens, decode_s = _timed(lambda: autoregressive(target, cache, prefilled["out"].logits[0, -1], start, max_new, eos), device)
     return {"tokens": tokens, "decode_s": decode_s}
 
 
-def _spec_run(target: LVLM, draft: LVLM, prefilled: dict, drafted: dict, start: int, rule: VerificationRule, gamma: int,
+def _spec_run(target: Backend, draft: Backend, prefilled: dict, drafted: dict, start: int, rule: VerificationRule, gamma: int,
               max_new: int, eos: int, seed: int, device: torch.device) -> dict:
     t_cache, d_cache = prefilled["cache"].clone(), drafted["cache"].clone()
     gen = torch.Generator().manual_seed(seed)
@@ -176,13 +184,15 @@ def _spec_run(target: LVLM, draft: LVLM, prefilled: dict, drafted: dict, start: 
             "draft_s": stats.draft_s, "verify_s": stats.verify_s, "loop_s": loop_s, "draft_prefill_s": drafted["prefill_s"]}
 
 
-def run_episode(cfg: RelaxedSpecConfig, target: LVLM, draft: LVLM, tok: synthvis.Tokenizer, episode: synthvis.Episode, index: int) -> EpisodeRun:
+def run_episode(cfg: RelaxedSpecConfig, target_prompts: Prompter, draft_prompts: Prompter, episode: synthvis.Episode, index: int) -> EpisodeRun:
     """Prefill once per model and prompt (timed, median of the repeats), then decode from copies
     of the prefilled caches: autoregressively, and speculatively for every pruning, rule and gamma."""
-    device = next(target.parameters()).device
-    t_inputs = train.prompt_inputs(target, episode, CAPTION_QUESTION, tok)
-    d_inputs = train.prompt_inputs(draft, episode, CAPTION_QUESTION, tok)
-    start, capacity, eos = t_inputs.length, t_inputs.length + cfg.max_new + max(cfg.gammas) + 2, tok.eos_id
+    target, draft = target_prompts.backend, draft_prompts.backend
+    device = target.device
+    t_inputs = target_prompts.prompt(episode, CAPTION_QUESTION)
+    d_inputs = draft_prompts.prompt(episode, CAPTION_QUESTION)
+    start, capacity, eos = t_inputs.length, t_inputs.length + cfg.max_new + max(cfg.gammas) + 2, target_prompts.eos
+    masks = target_prompts.class_masks()
     seed = cfg.seed * 100_003 + index
     with torch.no_grad():
         scored = _median_run(partial(_prefill, target, t_inputs, capacity, device, need_attn=True), cfg.repeats, device)
@@ -197,7 +207,7 @@ def run_episode(cfg: RelaxedSpecConfig, target: LVLM, draft: LVLM, tok: synthvis
             for name in cfg.rules:
                 # the rule is rebuilt for every repeat so that seeded rules draw the same numbers each time
                 def one(name: str = name, gamma: int = gamma, drafted: dict = drafted) -> dict:
-                    return _spec_run(target, draft, prefilled, drafted, start, RULES[name](tok, seed), gamma, cfg.max_new, eos, seed, device)
+                    return _spec_run(target, draft, prefilled, drafted, start, RULES[name](masks, seed), gamma, cfg.max_new, eos, seed, device)
 
                 run.spec[(name, gamma, ratio)] = {**_median_run(one, cfg.repeats, device), "prefill_s": prefilled["prefill_s"]}
     return run
@@ -214,23 +224,25 @@ def attribute_accuracy(predicted: list[str], truth: tuple[str, ...]) -> float:
     return sum(min(p.count(f), t.count(f)) for f in set(t)) / len(t)
 
 
-def _quality(tok: synthvis.Tokenizer, outputs: list[list[int]], truths: list[tuple[str, ...]]) -> tuple[float, float]:
-    words = [tok.decode(o).split() for o in outputs]
+def _quality(prompter: Prompter, outputs: list[list[int]], truths: list[tuple[str, ...]]) -> tuple[float, float]:
+    words = [prompter.words(o) for o in outputs]
     f1 = metrics.mean([train.caption_f1(w, t) for w, t in zip(words, truths)])
     acc = metrics.mean([attribute_accuracy(w, t) for w, t in zip(words, truths)])
     return f1, acc
 
 
-def summarise(cfg: RelaxedSpecConfig, runs: list[EpisodeRun], tok: synthvis.Tokenizer) -> tuple[dict, list[dict]]:
+def summarise(cfg: RelaxedSpecConfig, runs: list[EpisodeRun], prompter: Prompter) -> tuple[dict, list[dict]]:
     truths = [r.truth for r in runs]
-    ar_f1, ar_acc = _quality(tok, [r.ar_tokens for r in runs], truths)
+    content, special = prompter.class_masks()
+    function = (~(content | special)).tolist()
+    ar_f1, ar_acc = _quality(prompter, [r.ar_tokens for r in runs], truths)
     ar_decode = sum(r.ar["decode_s"] for r in runs)
     ar_steps = sum(max(1, min(len(r.ar_tokens) + 1, cfg.max_new) - 1) for r in runs)
     ar_step_s = ar_decode / ar_steps
     ar_total = sum(r.ar["prefill_s"] + r.ar["decode_s"] for r in runs)
     ar_words = [t for r in runs for t in r.ar_tokens]
     baseline = {"caption_f1": ar_f1, "attribute_accuracy": ar_acc,
-                "function_word_pct": 100.0 * sum(tok.word_class(t) == "function" for t in ar_words) / max(1, len(ar_words)),
+                "function_word_pct": 100.0 * sum(function[t] for t in ar_words) / max(1, len(ar_words)),
                 "decode_s": ar_decode, "step_s": ar_step_s,
                 "prefill_s": sum(r.ar["prefill_s"] for r in runs), "score_prefill_s": sum(r.score_s for r in runs),
                 "tokens": sum(len(r.ar_tokens) for r in runs)}
@@ -247,9 +259,9 @@ def summarise(cfg: RelaxedSpecConfig, runs: list[EpisodeRun], tok: synthvis.Toke
             cost_ratio, verify_ratio = draft_step / ar_step_s, verify_step / ar_step_s
             first_prefill = sum((r.score_s if ratio > 0 else s["prefill_s"]) for r, s in zip(runs, spec))
             total = first_prefill + sum(s["draft_prefill_s"] + s["loop_s"] for s in spec)
-            f1, acc = _quality(tok, [s["tokens"] for s in spec], truths)
+            f1, acc = _quality(prompter, [s["tokens"] for s in spec], truths)
             rejected = [pair for s in spec for pair in s["rejected"]]
-            function_pairs = sum(tok.word_class(a) == "function" and tok.word_class(b) == "function" for a, b in rejected)
+            function_pairs = sum(function[a] and function[b] for a, b in rejected)
             rows.append({
                 "rule": name, "gamma": gamma, "pruning": ratio,
                 "accepted_len": accepted_len,
@@ -354,7 +366,7 @@ def diagnosis(cfg: RelaxedSpecConfig, baseline: dict, rows: list[dict], models: 
     cost = strict["draft_cost"]
     tq, dq = models["target_quality"], models["draft_quality"]
     weak = []
-    if dq.get("caption_f1", 0.0) >= tq.get("caption_f1", 0.0):
+    if "caption_f1" in dq and "caption_f1" in tq and dq["caption_f1"] >= tq["caption_f1"]:
         weak = [(f"- The draft's own caption F1 ({dq.get('caption_f1', 0.0):.3f}) is not below the target's ({tq.get('caption_f1', 0.0):.3f}), "
                  "so accepting the draft's mismatches can raise caption F1 (retention above 100 %): quality retention is only meaningful "
                  "with a target that is clearly better than its draft.")]
@@ -371,12 +383,15 @@ def diagnosis(cfg: RelaxedSpecConfig, baseline: dict, rows: list[dict], models: 
 
 def notes_markdown(cfg: RelaxedSpecConfig, baseline: dict, side: list[dict], targets: dict, models: dict, rows: list[dict]) -> str:
     lines = [
-        (f"Target `{cfg.target_size}` ({models['target_params']:,} parameters), draft `{cfg.draft_size}` ({models['draft_params']:,}), "
-        f"both trained with the `{models['train_preset']}` preset; {cfg.episodes} test-split captions, greedy target unless the rule samples. "
+        (f"Target `{models['target']}` ({models['target_params']:,} parameters), draft `{models['draft']}` ({models['draft_params']:,}), "
+        + (f"both trained with the `{models['train_preset']}` preset" if cfg.model is None else "checkpoints not trained on SynthVis")
+        + f"; {cfg.episodes} test-split captions, greedy target unless the rule samples. "
         f"Autoregressive target: caption F1 {baseline['caption_f1']:.3f}, attribute accuracy {baseline['attribute_accuracy']:.3f}, "
-        f"{1000 * baseline['step_s']:.2f} ms per decode step. Test-split quality from training (substrate evaluation): target caption F1 "
-        f"{models['target_quality'].get('caption_f1', float('nan')):.3f}, VQA {models['target_quality'].get('vqa', float('nan')):.3f}; "
-        f"draft caption F1 {models['draft_quality'].get('caption_f1', float('nan')):.3f}, VQA {models['draft_quality'].get('vqa', float('nan')):.3f}."),
+        f"{1000 * baseline['step_s']:.2f} ms per decode step."
+        + ("" if cfg.model else (
+            f" Test-split quality from training (substrate evaluation): target caption F1 "
+            f"{models['target_quality'].get('caption_f1', float('nan')):.3f}, VQA {models['target_quality'].get('vqa', float('nan')):.3f}; "
+            f"draft caption F1 {models['draft_quality'].get('caption_f1', float('nan')):.3f}, VQA {models['draft_quality'].get('vqa', float('nan')):.3f}."))),
         "",
         ("`accepted_len`: tokens emitted per target verification (accepted draft tokens + the target's own), at most gamma + 1. "
         "`speedup`: autoregressive decode time / speculative loop time (both after prefill; medians of the repeats). "
@@ -423,28 +438,42 @@ def plot(cfg: RelaxedSpecConfig, rows: list[dict]):
 # ----------------------------------------------------------------------------- the study
 
 
+def load_models(cfg: RelaxedSpecConfig, device: torch.device, show_progress: bool) -> tuple[Prompter, Prompter, train.TrainConfig, dict]:
+    """Target and draft prompters, the training config whose world settings the episodes follow,
+    and what the report says of the models. Reference sizes are trained with the study's preset
+    when absent from the cache; checkpoints are loaded from `cfg.model` and `cfg.draft`."""
+    if cfg.model is not None:
+        dtype = getattr(torch, cfg.dtype)
+        target = ChatPrompter.from_pretrained(cfg.model, dtype=dtype, device=str(device))
+        draft = target if cfg.draft is None else ChatPrompter.from_pretrained(cfg.draft, dtype=dtype, device=str(device))
+        if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+            raise StudyError(f"the draft {cfg.draft} must come with the same tokenizer as the target {cfg.model}")
+        models = {"target": target.label, "draft": draft.label if cfg.draft else f"{target.label} (its own weights)",
+                  "target_params": target.params, "draft_params": draft.params, "train_preset": None, "target_quality": {}, "draft_quality": {}}
+        return target, draft, train.train_config(cfg.preset), models
+    trained = {size: train.load_or_train(size, cfg.preset, str(device), show_progress=show_progress) for size in (cfg.target_size, cfg.draft_size)}
+    target, draft = (ReferencePrompter(trained[size].model) for size in (cfg.target_size, cfg.draft_size))
+    models = {"target": cfg.target_size, "draft": cfg.draft_size, "target_params": target.params, "draft_params": draft.params,
+              "train_preset": cfg.preset, "target_quality": trained[cfg.target_size].metrics, "draft_quality": trained[cfg.draft_size].metrics}
+    return target, draft, trained[cfg.target_size].train_config, models
+
+
 def run(cfg: RelaxedSpecConfig, device: torch.device | str = "cpu", *, show_progress: bool = True) -> StudyRecord:
     device = torch.device(device)
     if cfg.threads is not None and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    train_preset = cfg.preset
-    target_result = train.load_or_train(cfg.target_size, train_preset, str(device), show_progress=show_progress)
-    draft_result = train.load_or_train(cfg.draft_size, train_preset, str(device), show_progress=show_progress)
-    target, draft, tc = target_result.model, draft_result.model, target_result.train_config
-    tok = synthvis.Tokenizer()
+    target, draft, tc, models = load_models(cfg, device, show_progress)
     warm_up = replace(cfg, rules=("strict",), gammas=(cfg.survey_gamma,), prunings=(cfg.survey_pruning,), repeats=1, full_grid=True)
-    run_episode(warm_up, target, draft, tok, synthvis.image_episode("val", tc.seed, 0, image_px=tc.image_px, max_objects=tc.max_objects), 0)
+    run_episode(warm_up, target, draft, synthvis.image_episode("val", tc.seed, 0, image_px=tc.image_px, max_objects=tc.max_objects), 0)
     runs = []
     with progress() as bar:
         task = bar.add_task("relaxed-spec episodes", total=cfg.episodes, visible=show_progress)
         for i in range(cfg.episodes):
             episode = synthvis.image_episode("test", tc.seed, i, image_px=tc.image_px, max_objects=tc.max_objects)
-            runs.append(run_episode(cfg, target, draft, tok, episode, i))
+            runs.append(run_episode(cfg, target, draft, episode, i))
             bar.update(task, advance=1)
-    baseline, rows = summarise(cfg, runs, tok)
+    baseline, rows = summarise(cfg, runs, target)
     side, targets = survey_tables(cfg, rows), check_targets(cfg, rows)
-    models = {"target_params": target_result.params["total"], "draft_params": draft_result.params["total"], "train_preset": train_preset,
-              "target_quality": target_result.metrics, "draft_quality": draft_result.metrics}
     result_metrics = {"baseline": baseline, "survey_side_by_side": side, "targets": targets, "models": models,
-                      "visual_tokens_per_image": (tc.image_px // target.cfg.patch_px) ** 2}
+                      "visual_tokens_per_image": episode.scenes[0].grid ** 2}  # one visual token per SynthVis patch, for either prompter
     return StudyRecord(result_metrics, rows, plot(cfg, rows), notes_markdown(cfg, baseline, side, targets, models, rows))

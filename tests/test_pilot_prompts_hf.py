@@ -1,0 +1,153 @@
+"""SynthVis questions put to a real architecture: a tiny, randomly initialised Qwen2.5-VL with a
+word-level tokenizer, a chat template and Qwen's own image processor, built here (no download).
+The chat prompter's prompts run through the vision tower and multimodal RoPE, the studies' answer
+loop reproduces `generate()`, and `hybrid-kv` and `relaxed-spec` run end to end with `--model PATH`."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason="the transformers backend needs: pip install '.[hf]'")
+
+from pilot_experiments import synthvis, train
+from pilot_experiments.__main__ import main
+from pilot_experiments.backends import prompts
+from pilot_experiments.backends.hf import HFBackend
+from pilot_experiments.kvcache import VISUAL
+from pilot_experiments.studies.hybrid_kv import FullCache, observe
+from pilot_experiments.studies.hybrid_kv.study import answer
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SMOKE = train.train_config("smoke")
+
+
+def tiny_tokenizer():
+    """Word level over every word the prompts use, lower-cased, with Qwen's special tokens."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    text = " ".join([prompts.CAPTION_INSTRUCTION, prompts.ONE_WORD, prompts.VIDEO_PREFACE, "user assistant", *synthvis.Tokenizer().words])
+    words = sorted(set(re.findall(r"\w+|[^\w\s]+", text.lower().replace("<", " ").replace(">", " "))))
+    backbone = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
+    backbone.normalizer = normalizers.Lowercase()
+    backbone.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backbone, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                               additional_special_tokens=SPECIALS)
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def tiny_chat_model(tok, seed: int = 0):
+    ids = dict(zip(SPECIALS, tok.convert_tokens_to_ids(SPECIALS)))
+    cfg = transformers.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    return transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+def tiny_image_processor():
+    return transformers.Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=64, max_pixels=1 << 20)
+
+
+@pytest.fixture(scope="module")
+def chat():
+    tok = tiny_tokenizer()
+    return prompts.ChatPrompter(HFBackend(tiny_chat_model(tok), tok), tiny_image_processor(), label="tiny-qwen")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """The tiny model, tokenizer and image processor saved as a checkpoint directory."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny-qwen"
+    tok = tiny_tokenizer()
+    tiny_chat_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    tiny_image_processor().save_pretrained(path)
+    return path
+
+
+def test_one_visual_token_per_synthvis_patch_for_images_and_video_frames(chat):
+    image = train.family_episode("image", "test", 0, 0, SMOKE)
+    inputs = chat.prompt(image, image.qas[1].question)
+    assert int((inputs.modality == VISUAL).sum()) == image.scenes[0].grid ** 2
+    video = train.family_episode("video", "test", 0, 0, train.train_config("cpu"))
+    inputs = chat.prompt(video, video.qas[0].question)
+    visual = inputs.modality[0] == VISUAL
+    assert int(visual.sum()) == len(video.pixels) * video.scenes[0].grid ** 2
+    assert inputs.frame[0][visual].unique().tolist() == list(range(len(video.pixels)))
+    assert inputs.rope_positions is not None and inputs.rope_positions[0, -1, 0] < inputs.length - 1  # images pack RoPE positions
+
+
+def test_the_prompt_ends_with_the_answer_start_unless_left_off(chat):
+    ep = train.family_episode("image", "test", 0, 1, SMOKE)
+    full = chat.encode(ep, ep.qas[0].question)["input_ids"][0]
+    short = chat.encode(ep, ep.qas[0].question, with_answer_start=False)["input_ids"][0]
+    assert full[-1] == chat.answer_start and torch.equal(full[:-1], short)
+    words = chat.tokenizer.decode(full)
+    assert "describe every object" in words and "<|im_start|> assistant" in words
+
+
+def test_answering_under_the_full_cache_reproduces_generate(chat):
+    ep = train.family_episode("image", "test", 0, 2, SMOKE)
+    question = ep.qas[1].question
+    inputs = chat.prompt(ep, question, with_answer_start=False)
+    cache = chat.backend.new_cache(1, capacity=inputs.length + 16)
+    with chat.backend.query_tap() as tap:
+        chat.backend.prefill(inputs, cache)
+        ours = answer(chat, cache, observe(tap, cache), FullCache(), compact=True, max_new=10).tokens
+    enc = chat.encode(ep, question)
+    expected = chat.backend.model.generate(**enc, mm_token_type_ids=(enc["input_ids"] == chat.backend.image_token_id).int(),
+                                           max_new_tokens=10, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
+    if chat.eos in expected:
+        expected = expected[: expected.index(chat.eos)]
+    assert ours == expected
+
+
+def test_class_masks_follow_english_word_classes(chat):
+    content, special = chat.class_masks()
+    ids = chat.tokenizer.convert_tokens_to_ids(["red", "square", "the", "of", "<|im_end|>"])
+    assert content[ids].tolist() == [True, True, False, False, False]
+    assert special[ids].tolist() == [False, False, False, False, True]
+
+
+def test_a_text_only_checkpoint_is_refused_for_synthvis_questions():
+    tok = tiny_tokenizer()
+    lm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                                num_attention_heads=2, num_key_value_heads=1))
+    with pytest.raises(prompts.BackendError, match="Qwen2.5-VL"):
+        prompts.ChatPrompter(HFBackend(lm, tok), tiny_image_processor())
+
+
+def test_hybrid_kv_runs_on_a_checkpoint_directory(checkpoint, tmp_path):
+    assert main(["hybrid-kv", "--preset", "smoke", "--model", str(checkpoint), "--results-dir", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "hybrid-kv-tiny-qwen" / "smoke-cpu.json").read_text())
+    results = payload["metrics"]["results"]
+    assert payload["metrics"]["model"] == "tiny-qwen" and payload["config"]["model"] == str(checkpoint)
+    assert results["FullCache@1.0"]["agreement"] == 1.0
+    for method in ("LookM", "MadaKV", "SparseMM", "Hybrid"):
+        assert results[f"{method}@0.2"]["visual_kept"] <= 0.25
+    assert "--model" in payload["notes"]
+
+
+def test_relaxed_spec_runs_on_a_checkpoint_directory_and_strict_is_exact(checkpoint, tmp_path):
+    assert main(["relaxed-spec", "--preset", "smoke", "--model", str(checkpoint), "--draft", str(checkpoint), "--results-dir", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "relaxed-spec-tiny-qwen" / "smoke-cpu.json").read_text())
+    rows = payload["rows"]
+    assert {r["rule"] for r in rows} == set(payload["config"]["rules"])
+    for r in rows:
+        assert 1.0 <= r["accepted_len"] <= r["gamma"] + 1
+        if r["rule"] == "strict":
+            assert r["same_as_ar"] == 1.0
+    assert payload["metrics"]["visual_tokens_per_image"] == SMOKE.image_px // 4 * (SMOKE.image_px // 4)
