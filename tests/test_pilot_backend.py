@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pilot_experiments import synthvis
-from pilot_experiments.backends import Backend, BackendError, ReferenceBackend, as_backend
+from pilot_experiments.backends import Backend, BackendError, ReferenceBackend
 from pilot_experiments.backends.english import content_f1, token_class
 from pilot_experiments.backends.packaged import packaged_file
 from pilot_experiments.model import LVLM, config_for
@@ -31,19 +31,13 @@ def inputs(model):
 
 
 def test_the_reference_backend_satisfies_the_protocol(model):
-    backend = as_backend(model)
-    assert isinstance(backend, ReferenceBackend) and isinstance(backend, Backend)
-    assert as_backend(backend) is backend
+    backend = ReferenceBackend(model)
+    assert isinstance(backend, Backend)
     assert (backend.n_layers, backend.n_heads, backend.n_kv_heads, backend.head_dim) == (4, 4, 2, 32)
 
 
-def test_as_backend_refuses_other_objects():
-    with pytest.raises(BackendError, match="neither a backend nor the reference LVLM"):
-        as_backend(torch.nn.Linear(2, 2))
-
-
 def test_backend_calls_give_the_models_own_logits(model, inputs):
-    backend = as_backend(model)
+    backend = ReferenceBackend(model)
     ours, theirs = backend.new_cache(1, inputs.length + 4), model.new_cache(1, inputs.length + 4)
     with torch.no_grad():
         torch.testing.assert_close(backend.prefill(inputs, ours).logits, model.prefill(inputs, theirs).logits, rtol=0, atol=0)
@@ -52,7 +46,7 @@ def test_backend_calls_give_the_models_own_logits(model, inputs):
 
 
 def test_tapped_queries_drive_the_observation(model, inputs):
-    backend = as_backend(model)
+    backend = ReferenceBackend(model)
     cache = backend.new_cache(1, inputs.length + 4)
     with backend.query_tap() as tap, torch.no_grad():
         weights = backend.prefill(inputs, cache, need_attn=True).attn
@@ -63,7 +57,7 @@ def test_tapped_queries_drive_the_observation(model, inputs):
 
 
 def test_studies_take_a_backend_where_they_took_the_model(model, inputs):
-    backend = as_backend(model)
+    backend = ReferenceBackend(model)
     cache = backend.new_cache(1, inputs.length + 16)
     with torch.no_grad():
         first = backend.prefill(inputs, cache).logits[0, -1]

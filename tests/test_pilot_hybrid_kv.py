@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from pilot_experiments import synthvis
 from pilot_experiments.backends import ReferenceQueryTap
+from pilot_experiments.backends.prompts import ReferencePrompter
 from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import LVLM, config_for
 from pilot_experiments.studies.hybrid_kv import (
@@ -104,7 +105,7 @@ def test_hybrid_dynamic_heads_see_exactly_their_budget_at_a_decode_step(model, p
 
 def test_full_cache_output_equals_uncompressed_generation(model, prefilled):
     ep, qa, cache, obs, _ = prefilled
-    ours = answer(model, cache, obs, FullCache(), compact=True, max_new=12)
+    ours = answer(ReferencePrompter(model), cache, obs, FullCache(), compact=True, max_new=12)
     inputs = model.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question) + [TOK.ans_id]]))
     assert ours.tokens == model.generate(inputs, max_new_tokens=12)
     assert ours.visual_kept == 1.0 and ours.total_kept == 1.0

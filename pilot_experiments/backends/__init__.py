@@ -2,6 +2,6 @@
 checkpoint (`hf.py`, needs the optional `hf` packages), both speaking `base.Backend`."""
 
 from pilot_experiments.backends.base import Backend, BackendError, QueryTap
-from pilot_experiments.backends.reference import ReferenceBackend, ReferenceQueryTap, as_backend
+from pilot_experiments.backends.reference import ReferenceBackend, ReferenceQueryTap
 
-__all__ = ["Backend", "BackendError", "QueryTap", "ReferenceBackend", "ReferenceQueryTap", "as_backend"]
+__all__ = ["Backend", "BackendError", "QueryTap", "ReferenceBackend", "ReferenceQueryTap"]

@@ -181,11 +181,3 @@ class ChatPrompter:
     def class_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._masks
 
-
-def as_prompter(model: Prompter | LVLM) -> Prompter:
-    """A prompter for `model`: itself if it is one, the reference prompter for an `LVLM`."""
-    if isinstance(model, LVLM):
-        return ReferencePrompter(model)
-    if isinstance(model, Prompter):
-        return model
-    raise BackendError(f"{type(model).__name__} is neither a prompter nor the reference LVLM")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pilot_experiments.backends.base import Backend, BackendError
+from pilot_experiments.backends.base import BackendError
 from pilot_experiments.kvcache import KVCache
 from pilot_experiments.model import LVLM, Inputs, Output, rope
 
@@ -79,11 +79,3 @@ class ReferenceBackend:
     def query_tap(self) -> ReferenceQueryTap:
         return ReferenceQueryTap(self.model)
 
-
-def as_backend(model: Backend | LVLM) -> Backend:
-    """A backend for `model`: itself if it already is one, the reference backend for an `LVLM`."""
-    if isinstance(model, LVLM):
-        return ReferenceBackend(model)
-    if isinstance(model, Backend):
-        return model
-    raise BackendError(f"{type(model).__name__} is neither a backend nor the reference LVLM; wrap it in a backend first")

@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from pilot_experiments import harness, metrics, synthvis, train
-from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter, as_prompter
+from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.kvcache import VISUAL, KVCache, LayerCache
-from pilot_experiments.model import LVLM
 from pilot_experiments.studies.hybrid_kv import report
 from pilot_experiments.studies.hybrid_kv.calibration import visual_head_scores
 from pilot_experiments.studies.hybrid_kv.hybrid import Hybrid, RetrievalLayerCache
@@ -136,10 +135,9 @@ class Answer:
 
 
 @torch.no_grad()
-def answer(model: Prompter | LVLM, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int) -> Answer:
+def answer(prompter: Prompter, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int) -> Answer:
     """Compress a copy of the prefilled `cache`, then decode the answer start (`<ans>` for the
     reference LVLM) and the answer greedily."""
-    prompter = as_prompter(model)
     backend = prompter.backend
     prompt_length = cache.length
     cache = copy.deepcopy(cache)
