@@ -164,17 +164,19 @@ def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, pro
         "evidence either way; the `agreement with full` column (share of answers identical to the full cache's) is the "
         "more sensitive measure of what compression changes."
     )
+    layout, start = (("(the checkpoint's chat template, assistant turn opened, less its last token)", "that last token")
+                     if cfg.model else ("`<bos> (<img> visual)* question`", "`<ans>`"))
     lines = [
         f"Model `{prompter.label}` ({prompter.params:,} parameters, {cfg.dtype}); held-out SynthVis test questions: "
         + ", ".join(f"{n} {k}" for k, n in full["items"].items())
-        + f" (image set = single- and two-image episodes, video set = {cfg.preset} preset videos). SparseMM calibrated on "
+        + f" (image set = single- and two-image episodes, video set = short videos of the `{cfg.preset}` preset's world). SparseMM calibrated on "
         f"{cfg.calibration_episodes} val images. Budget = fraction of visual KV entries a decode step attends; text is always kept. "
         f"Latency: one video prompt of {timings[('FullCache', 1.0, 'compacted')]['context']} tokens, {cfg.latency_tokens} "
         f"forced decode steps x {cfg.latency_repeats} repeats, median per token. Command: "
         f"`python -m pilot_experiments hybrid-kv --preset {cfg.preset}" + (f" --model {cfg.model}" if cfg.model else "") + "`.",
         "",
-        "Protocol: the prompt `<bos> (<img> visual)* question` (a checkpoint's chat template, with the assistant turn opened) is prefilled with the full cache; every policy scores with the "
-        "question's attention (the observation window); the cache is compressed and compacted; `<ans>` (the template's last token) and the whole answer are "
+        f"Protocol: the prompt {layout} is prefilled with the full cache; every policy scores with the "
+        f"question's attention (the observation window); the cache is compressed and compacted; {start} and the whole answer are "
         "then decoded under the compressed cache. At 100 % every policy keeps every entry, so only the full cache is run there "
         "(the tests check that each policy at 100 % reproduces the full cache's logits). KV resident = bytes the compressed "
         "prompt's KV tensors occupy on the compute device after the first decode step (retrieval working slots and chunk mean "
