@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pilot_experiments import synthvis, train
+from pilot_experiments.__main__ import main
 from pilot_experiments.backends import prompts
 from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import LVLM, config_for
@@ -63,3 +64,9 @@ def test_the_reference_masks_are_the_tokenizer_word_classes(reference):
     content, special = reference.class_masks()
     assert content[TOK.ids["red"]] and not content[TOK.ids["the"]] and special[TOK.eos_id]
     assert reference.words(TOK.encode(("a", "red", "square"))) == ["a", "red", "square"]
+
+
+def test_a_draft_without_a_model_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["relaxed-spec", "--preset", "smoke", "--draft", str(tmp_path), "--results-dir", str(tmp_path)]) == 2
+    assert "--draft needs --model" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

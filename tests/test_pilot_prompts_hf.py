@@ -151,3 +151,10 @@ def test_relaxed_spec_runs_on_a_checkpoint_directory_and_strict_is_exact(checkpo
         if r["rule"] == "strict":
             assert r["same_as_ar"] == 1.0
     assert payload["metrics"]["visual_tokens_per_image"] == SMOKE.image_px // 4 * (SMOKE.image_px // 4)
+
+
+def test_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    missing = tmp_path / "no-such-checkpoint"
+    assert main(["hybrid-kv", "--preset", "smoke", "--model", str(missing), "--results-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no checkpoint at {missing}; pass a local directory or a .gguf file"
+    assert not (tmp_path / "hybrid-kv-no-such-checkpoint").exists()
