@@ -158,3 +158,16 @@ def test_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["hybrid-kv", "--preset", "smoke", "--model", str(missing), "--results-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"error: no checkpoint at {missing}; pass a local directory or a .gguf file"
     assert not (tmp_path / "hybrid-kv-no-such-checkpoint").exists()
+
+
+def test_a_chat_template_kept_beside_the_processor_is_used(tmp_path):
+    path = tmp_path / "template-in-processor"
+    tok = tiny_tokenizer()
+    tiny_chat_model(tok).save_pretrained(path)
+    tok.chat_template = None
+    tok.save_pretrained(path)
+    tiny_image_processor().save_pretrained(path)
+    (path / "chat_template.json").write_text(json.dumps({"chat_template": TEMPLATE}))
+    chat = prompts.ChatPrompter.from_pretrained(path)
+    ep = train.family_episode("image", "test", 0, 0, SMOKE)
+    assert chat.tokenizer.decode(chat.encode(ep, ep.qas[1].question)["input_ids"][0]).endswith("<|im_end|> <|im_start|> assistant")

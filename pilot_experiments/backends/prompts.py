@@ -21,6 +21,7 @@ spells out the caption template, so the same fact-level scoring applies.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -104,6 +105,16 @@ def answer_words(text: str) -> list[str]:
     return words[:-1] if words[-1:] == ["."] else words
 
 
+def processor_chat_template(path: Path) -> str | None:
+    """The chat template a checkpoint keeps beside its processor (`chat_template.jinja`, or
+    `chat_template.json` as Qwen2.5-VL's repositories do) rather than in its tokenizer's config."""
+    if (path / "chat_template.jinja").exists():
+        return (path / "chat_template.jinja").read_text()
+    if (path / "chat_template.json").exists():
+        return json.loads((path / "chat_template.json").read_text())["chat_template"]
+    return None
+
+
 class ChatPrompter:
     """A Qwen2.5-VL checkpoint behind `HFBackend`, asked in English through its chat template.
 
@@ -135,8 +146,11 @@ class ChatPrompter:
 
         from pilot_experiments.backends.hf import HFBackend
 
+        path = Path(path)
         backend = HFBackend.from_pretrained(path, dtype=dtype, device=device)
-        return cls(backend, AutoImageProcessor.from_pretrained(str(path)), label=Path(path).name)
+        if backend.tokenizer is not None and not backend.tokenizer.chat_template:
+            backend.tokenizer.chat_template = processor_chat_template(path)
+        return cls(backend, AutoImageProcessor.from_pretrained(str(path)), label=path.name)
 
     def _chat(self, content: str) -> str:
         if self.tokenizer.chat_template:
