@@ -206,6 +206,14 @@ def add_checkpoint_arguments(parser) -> None:
     parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="where to write results (default: the package's results/)")
 
 
+def checkpoint_run(args, study: str) -> tuple[str, torch.device]:
+    """From the options of `add_checkpoint_arguments`: the name the results are filed under
+    (`<study>-<checkpoint directory name>` for a checkpoint, so they sit beside the reference
+    runs) and the device (`--device`, else what `pick_device` gives the preset)."""
+    name = study if args.model is None else f"{study}-{Path(args.model).name}"
+    return name, torch.device(args.device) if args.device else pick_device(args.preset)
+
+
 def run_study(study: str, preset: str, fn: Callable[[Any], StudyRecord], config: Any, *, seed: int = 0, device: torch.device | str | None = None, results_dir: Path = RESULTS_DIR) -> Path:
     """Run `fn(config)`, time it, and write its results (see the module docstring)."""
     check_preset(preset)

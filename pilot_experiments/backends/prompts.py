@@ -37,12 +37,13 @@ from pilot_experiments.model import LVLM, Inputs
 
 CAPTION_QUESTION = ("describe", "the", "image")
 ONE_WORD = "Answer with one word."
-CAPTION_INSTRUCTION = (
-    "Describe every object in one line, in the form 'a <size> <colour> <texture> <shape> at the <row> <column>', objects "
-    "from the top row down, joined by 'and', ending with a full stop. Sizes: small, large. Colours: red, green, blue, yellow, "
-    "purple, white. Textures: solid, striped. Shapes: square, circle, triangle, cross, diamond. Rows: top, middle, bottom. "
-    "Columns: left, centre, right."
-)
+CAPTION_INSTRUCTION = " ".join([
+    "Describe every object in one line, in the form 'a <size> <colour> <texture> <shape> at the <row> <column>',",
+    "objects from the top row down, joined by 'and', ending with a full stop.",
+    *(f"{name}: {', '.join(words)}." for name, words in (
+        ("Sizes", synthvis.SIZES), ("Colours", synthvis.COLOURS), ("Textures", synthvis.TEXTURES),
+        ("Shapes", synthvis.SHAPES), ("Rows", synthvis.ROWS), ("Columns", synthvis.COLS))),
+])
 VIDEO_PREFACE = "The images are the frames of one video, in order."
 _WORD = re.compile(r"[a-z]+|\d+|[.,?]")
 

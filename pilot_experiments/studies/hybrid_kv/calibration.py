@@ -1,8 +1,9 @@
 """SparseMM's visual-head scores, measured on SynthVis, where every object's patches are known.
 
-For each calibration question about one object, the query that produces the answer (the answer
-start, `<ans>` for the reference LVLM) is observed; a query head scores a hit when its strongest attention among the visual
-entries falls on one of the object's patches. A KV head's score is the hit rate of its query heads.
+For each calibration question about one object, the query that produces the answer (at the answer
+start, `<ans>` for the reference LVLM) is observed; a query head scores a hit when its strongest
+attention among the visual entries falls on one of the object's patches. A KV head's score is the
+hit rate of its query heads.
 """
 
 from __future__ import annotations

@@ -280,9 +280,8 @@ def run(cfg: HybridKVConfig) -> harness.StudyRecord:
 
 
 def run_cli(args) -> int:
-    device = torch.device(args.device) if args.device else harness.pick_device(args.preset)
+    study, device = harness.checkpoint_run(args, STUDY)
     cfg = config_for(args.preset, str(device), model=args.model, dtype=args.dtype)
-    study = STUDY if args.model is None else f"{STUDY}-{Path(args.model).name}"
     path = harness.run_study(study, args.preset, run, cfg, seed=cfg.seed, device=device, results_dir=Path(args.results_dir))
     print(f"results: {path} (+ .md, .png)")
     return 0

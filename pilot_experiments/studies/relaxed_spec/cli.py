@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from pilot_experiments import harness
 from pilot_experiments.studies.relaxed_spec.study import config_for, run
 
@@ -14,8 +12,7 @@ STUDY = "relaxed-spec"
 
 def run_cli(args) -> int:
     cfg = config_for(harness.check_preset(args.preset), model=args.model, draft=args.draft, dtype=args.dtype)
-    device = torch.device(args.device) if args.device else harness.pick_device(args.preset)
-    study = STUDY if args.model is None else f"{STUDY}-{Path(args.model).name}"
+    study, device = harness.checkpoint_run(args, STUDY)
     path = harness.run_study(study, args.preset, lambda c: run(c, device), cfg, seed=cfg.seed, device=device, results_dir=Path(args.results_dir))
     print(f"results: {path}")
     return 0
