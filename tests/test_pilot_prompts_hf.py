@@ -141,9 +141,12 @@ def test_hybrid_kv_runs_on_a_checkpoint_directory(checkpoint, tmp_path):
     assert "--model" in payload["notes"]
 
 
-def test_relaxed_spec_runs_on_a_checkpoint_directory_and_strict_is_exact(checkpoint, tmp_path):
-    assert main(["relaxed-spec", "--preset", "smoke", "--model", str(checkpoint), "--draft", str(checkpoint), "--results-dir", str(tmp_path)]) == 0
+@pytest.mark.parametrize("own_draft", [True, False])
+def test_relaxed_spec_runs_on_a_checkpoint_directory_and_strict_is_exact(checkpoint, tmp_path, own_draft):
+    draft = [] if own_draft else ["--draft", str(checkpoint)]
+    assert main(["relaxed-spec", "--preset", "smoke", "--model", str(checkpoint), *draft, "--results-dir", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "relaxed-spec-tiny-qwen" / "smoke-cpu.json").read_text())
+    assert payload["metrics"]["models"]["draft"] == ("tiny-qwen (its own weights)" if own_draft else "tiny-qwen")
     rows = payload["rows"]
     assert {r["rule"] for r in rows} == set(payload["config"]["rules"])
     for r in rows:
