@@ -42,11 +42,10 @@ def test_a_template_caption_in_free_text_scores_like_the_reference_caption():
 
 
 def test_questions_become_requests_with_their_answer_format():
-    image = train.family_episode("image", "test", 0, 0, SMOKE)
-    assert prompts.question_text(image, ("what", "colour", "is", "the", "square", "?")) == f"What colour is the square? {prompts.ONE_WORD}"
-    assert prompts.question_text(image, prompts.CAPTION_QUESTION) == prompts.CAPTION_INSTRUCTION
+    assert prompts.question_text(("what", "colour", "is", "the", "square", "?"), video=False) == f"What colour is the square? {prompts.ONE_WORD}"
+    assert prompts.question_text(prompts.CAPTION_QUESTION, video=False) == prompts.CAPTION_INSTRUCTION
     video = train.family_episode("video", "test", 0, 0, train.train_config("cpu"))
-    assert prompts.question_text(video, video.qas[0].question).startswith(prompts.VIDEO_PREFACE)
+    assert prompts.question_text(video.qas[0].question, video=True).startswith(prompts.VIDEO_PREFACE)
 
 
 def test_the_reference_prompter_lays_out_what_training_saw(reference):

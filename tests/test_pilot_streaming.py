@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pilot_experiments import synthvis
+from pilot_experiments.backends.prompts import ReferencePrompter
 from pilot_experiments.kvcache import QuantBlock, Store
 from pilot_experiments.model import LVLM, config_for, rope
 from pilot_experiments.studies.streaming.memory import (
@@ -151,7 +152,6 @@ def test_ingest_cost_does_not_grow_for_bounded_policies(model, stream):
     """A frame's prefill attends the working cache plus itself: for bounded policies that count
     has a ceiling set by the knobs alone (reached early), for the full cache it grows."""
     cfg = study_config("smoke", n_frames=80, sample_every=1)
-    tok = synthvis.Tokenizer()
     short = replace(stream, video=replace(stream.video, n_frames=80), questions=())
     ceilings = [
         (SinkWindow(4, 3), 4 + 4 * UNITS),
@@ -160,10 +160,10 @@ def test_ingest_cost_does_not_grow_for_bounded_policies(model, stream):
         (HierarchicalMemory(3, 4, 2, 2, grid=8, coarse_after=20), 4 + 4 * UNITS),
     ]
     for policy, ceiling in ceilings:
-        run = run_policy(model, policy, short, cfg, tok)
+        run = run_policy(ReferencePrompter(model), policy, short, cfg)
         assert max(run.attended) <= ceiling, policy.name
         assert max(run.attended[60:]) > ceiling // 2, policy.name
-    full = run_policy(model, FullCache(), short, replace(cfg, memory_budget_mib=8.0), tok)
+    full = run_policy(ReferencePrompter(model), FullCache(), short, replace(cfg, memory_budget_mib=8.0))
     assert full.out_of_budget_at is not None
     assert full.attended == [1 + (f + 1) * UNITS for f in range(full.frames_ingested)]
     assert full.attended[-1] > 2 * max(c for _, c in ceilings)

@@ -195,6 +195,11 @@ class HFBackend:
         none = torch.full_like(token_ids, -1)
         return HFInputs(embeds, positions, torch.full_like(token_ids, TEXT), none, token_ids)
 
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """The vision tower and merger on the processor's patches: (visual tokens, hidden), every
+        image's tokens in raster order of its merged grid, images one after another."""
+        return torch.cat(self.model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output)
+
     def embed_prompt(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None, image_grid_thw: torch.Tensor | None = None) -> HFInputs:
         """A tokenized prompt (batch, T), with the image placeholders already expanded by the
         processor, and for Qwen2.5-VL the processor's `pixel_values` and `image_grid_thw`."""
@@ -204,7 +209,7 @@ class HFBackend:
         if not self.mrope or self.image_token_id is None or image_grid_thw is None:
             raise BackendError("images need a vision-language checkpoint (Qwen2.5-VL) and the processor's image_grid_thw")
         vlm = self.model.model
-        feats = torch.cat(vlm.get_image_features(pixel_values, image_grid_thw, return_dict=True).pooler_output)
+        feats = self.encode_images(pixel_values, image_grid_thw)
         visual = input_ids == self.image_token_id
         if int(visual.sum()) != feats.shape[0]:
             raise BackendError(f"the prompt has {int(visual.sum())} image placeholders but the images give {feats.shape[0]} tokens")

@@ -26,7 +26,6 @@ import re
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 import torch
 
 from pilot_experiments import synthvis
@@ -90,11 +89,12 @@ class ReferencePrompter:
         return self.tok.class_masks()
 
 
-def question_text(episode: synthvis.Episode, question: tuple[str, ...]) -> str:
-    """A SynthVis question as an English request with its answer-format instruction."""
+def question_text(question: tuple[str, ...], *, video: bool) -> str:
+    """A SynthVis question as an English request with its answer-format instruction (after a line
+    saying the pictures are a video's frames, for a `video`)."""
     sentence = " ".join(question).replace(" ?", "?").replace(" ,", ",")
     sentence = sentence[0].upper() + sentence[1:]
-    parts = [VIDEO_PREFACE] if episode.video is not None else []
+    parts = [VIDEO_PREFACE] if video else []
     parts += [CAPTION_INSTRUCTION if tuple(question) == CAPTION_QUESTION else f"{sentence} {ONE_WORD}"]
     return " ".join(parts)
 
@@ -161,31 +161,39 @@ class ChatPrompter:
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def images(self, episode: synthvis.Episode) -> list[np.ndarray]:
-        """Every picture of the episode as uint8 (H, W, 3), scaled so one visual token is one SynthVis patch."""
-        grid = episode.scenes[0].grid
-        out = []
-        for unit in episode.pixels:
+    def pictures(self, pixels: torch.Tensor, grid: int) -> dict[str, torch.Tensor]:
+        """SynthVis pictures (units, 3, H, W) in [0, 1] with `grid` patches a side, as the image
+        processor's `pixel_values` and `image_grid_thw`: each picture is first scaled up (nearest
+        neighbour) so that one visual token of the checkpoint covers one SynthVis patch."""
+        images = []
+        for unit in pixels.cpu():
             scale = self.token_px * grid // unit.shape[-1]
             big = unit.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
-            out.append((big.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
-        return out
+            images.append((big.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+        out = self.image_processor(images=images, return_tensors="pt")
+        device = self.backend.device
+        return {"pixel_values": out["pixel_values"].to(device, self.backend.dtype), "image_grid_thw": out["image_grid_thw"].to(device)}
+
+    def split_chat(self) -> tuple[str, str]:
+        """The chat template's text before and after a user message (the after part opens the
+        assistant's turn)."""
+        marker = "\x00MESSAGE\x00"
+        before, after = self._chat(marker).split(marker)
+        return before, after
 
     def encode(self, episode: synthvis.Episode, question: tuple[str, ...], *, with_answer_start: bool = True) -> dict[str, torch.Tensor]:
         """What the checkpoint's processor would return: `input_ids` (1, T) with every image
         placeholder expanded, `pixel_values` and `image_grid_thw`; the arguments of `model.generate`."""
-        pictures = self.image_processor(images=self.images(episode), return_tensors="pt")
+        pictures = self.pictures(episode.pixels, episode.scenes[0].grid)
         grid_thw = pictures["image_grid_thw"]
         placeholder = "".join(self.image_tokens)
-        ids = self._ids(self._chat(placeholder * len(episode.pixels) + question_text(episode, question)))
+        ids = self._ids(self._chat(placeholder * len(episode.pixels) + question_text(question, video=episode.video is not None)))
         if ids[-1] != self.answer_start:
             raise BackendError("the chat template's generation prompt changed with the message; cannot find the answer start")
         counts = iter((grid_thw.prod(-1) // self.merge**2).tolist())
         image_id = self.backend.image_token_id
         expanded = [t for i in ids for t in ([image_id] * next(counts) if i == image_id else [i])]
-        device = self.backend.device
-        return {"input_ids": torch.tensor([expanded[: len(expanded) - (not with_answer_start)]], device=device),
-                "pixel_values": pictures["pixel_values"].to(device, self.backend.dtype), "image_grid_thw": grid_thw.to(device)}
+        return {"input_ids": torch.tensor([expanded[: len(expanded) - (not with_answer_start)]], device=self.backend.device), **pictures}
 
     def prompt(self, episode: synthvis.Episode, question: tuple[str, ...], *, with_answer_start: bool = True) -> Inputs:
         return self.backend.embed_prompt(**self.encode(episode, question, with_answer_start=with_answer_start))

@@ -1,4 +1,4 @@
-"""`python -m pilot_experiments streaming --preset smoke|cpu|gpu` (argument parsing only)."""
+"""`python -m pilot_experiments streaming --preset smoke|cpu|gpu [--size SIZE | --model PATH]` (argument parsing only)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ STUDY = "streaming"
 
 
 def run_cli(args) -> int:
-    overrides = {k: v for k, v in {"n_frames": args.frames, "seed": args.seed, "model_size": args.model}.items() if v is not None}
-    cfg = config_for(harness.check_preset(args.preset), **overrides)
-    path = harness.run_study(STUDY, args.preset, run_streaming, cfg, seed=cfg.seed, results_dir=Path(args.results_dir))
+    study, device = harness.checkpoint_run(args, STUDY)
+    overrides = {"n_frames": args.frames, "seed": args.seed, "model_size": args.size, "model": args.model, "dtype": args.dtype}
+    cfg = config_for(harness.check_preset(args.preset), device=str(device), **{k: v for k, v in overrides.items() if v is not None})
+    path = harness.run_study(study, args.preset, run_streaming, cfg, seed=cfg.seed, device=device, results_dir=Path(args.results_dir))
     print(f"results: {path}")
     return 0
 
@@ -23,6 +24,6 @@ def register_cli(subparsers) -> None:
     p.add_argument("--preset", choices=list(harness.PRESETS), default="cpu")
     p.add_argument("--frames", type=int, help="stream length in frames (default: the preset's)")
     p.add_argument("--seed", type=int, help="stream seed (default: the preset's)")
-    p.add_argument("--model", choices=["draft", "target", "large"], help="model size, trained with the preset's training preset (default: the preset's)")
-    p.add_argument("--results-dir", default=str(harness.RESULTS_DIR), help="where to write results (default: the package's results/)")
+    p.add_argument("--size", choices=["draft", "target", "large"], help="reference model size, trained with the preset's training preset (default: the preset's)")
+    harness.add_checkpoint_arguments(p)
     p.set_defaults(handler=run_cli)

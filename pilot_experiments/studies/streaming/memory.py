@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import torch
 
+from pilot_experiments import synthvis
 from pilot_experiments.kvcache import TEXT, VISUAL, KVCache, Store, cat_stores
 from pilot_experiments.model import LVLM, SPECIAL_IDS, Inputs, rope
 
@@ -47,16 +48,30 @@ def position_free(store: Store, theta: float) -> Store:
 
 
 class StreamMemory:
-    """The working cache of one stream (batch 1) and each slot's patch index (-1 for text)."""
+    """The working cache of one stream (batch 1) and each slot's patch index (-1 for text), on the
+    reference LVLM. `chat.ChatStreamMemory` is the same memory on a Qwen2.5-VL checkpoint;
+    the policies and the study use only the methods both have."""
+
+    markers_per_frame = 1  # <img>
 
     def __init__(self, model: LVLM, reserve: int = 0) -> None:
         self.model = model
+        self.tok = synthvis.Tokenizer()
+        self.patch_px = model.cfg.patch_px
         self.theta = model.cfg.rope_theta
         self.reserve = reserve
         self.cache = model.new_cache(1, capacity=max(reserve, 1))
         self.patch = torch.empty(0, dtype=torch.long)
         self.last_frame = -1
         self._append(model.embed.weight[SPECIAL_IDS["bos"]][None], torch.tensor([-1]), -1, TEXT)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return self.model.new_cache(1, capacity=capacity)
+
+    @property
+    def opening(self) -> int:
+        """Slots before the first frame (here `<bos>`); sinks always include them."""
+        return 1
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -135,7 +150,7 @@ class StreamMemory:
         """A fresh cache holding, per layer, the concatenation of `parts` (each a per-layer list
         of stores, head-uniform metadata) with positions re-assigned, and room for `extra` more."""
         n = sum(p[0].keys.shape[2] for p in parts)
-        cache = self.model.new_cache(1, capacity=n + extra)
+        cache = self.new_cache(n + extra)
         for i, layer in enumerate(cache.layers):
             s = cat_stores([p[i] for p in parts]) if len(parts) > 1 else parts[0][i]
             layer.append(s.keys, s.values, s.position[:, 0], s.modality[:, 0].long(), s.frame[:, 0])
@@ -146,6 +161,30 @@ class StreamMemory:
     def fork(self, extra: int) -> KVCache:
         """A copy of the working cache with room for `extra` more entries."""
         return self.build([self.layer_stores()], extra)
+
+    # -- the model --------------------------------------------------------------------------------
+    def encode_frame(self, pixels: torch.Tensor, time: float) -> torch.Tensor:
+        """(3, H, W) pixels shown at `time` -> (patches, dim) visual tokens, patches in raster order."""
+        return self.model.encode_visual(pixels[None], torch.tensor([time], device=pixels.device))[0]
+
+    def question_ids(self, question: tuple[str, ...]) -> list[int]:
+        """A question's tokens, ending with the token the answer starts after."""
+        return self.tok.encode(question) + [self.tok.ans_id]
+
+    def question_queries(self, cache: KVCache, question_ids: list[int]) -> list[torch.Tensor]:
+        """Decode `question_ids` into `cache` and return every layer's queries for them before
+        RoPE, (batch, n, heads, head_dim) each."""
+        with capture_queries(self.model) as queries:
+            self.model.decode(torch.tensor([question_ids], device=cache.next_position.device), cache)
+        return queries
+
+    @torch.no_grad()
+    def answer(self, cache: KVCache, question_ids: list[int], max_new_tokens: int) -> tuple[float, tuple[str, ...]]:
+        """Greedy answer to `question_ids` read against `cache` (which it extends). Returns the
+        `time.perf_counter()` at which the first answer token was known, and the answer's words."""
+        logits = self.model.decode(torch.tensor([question_ids], device=cache.next_position.device), cache).logits[:, -1]
+        first = time.perf_counter()
+        return first, tuple(self.tok.decode(self.model.greedy_continue(logits, cache, max_new_tokens)).split())
 
 
 @contextmanager
@@ -167,12 +206,3 @@ def capture_queries(model: LVLM):
         for h in hooks:
             h.remove()
 
-
-@torch.no_grad()
-def answer(model: LVLM, cache: KVCache, question_ids: list[int], max_new_tokens: int) -> tuple[float, list[int]]:
-    """Greedy answer to `question_ids` (ending in <ans>) read against `cache` (which it extends).
-    Returns the `time.perf_counter()` at which the first answer token was known, and the tokens."""
-    device = cache.next_position.device
-    logits = model.decode(torch.tensor([question_ids], device=device), cache).logits[:, -1]
-    first = time.perf_counter()
-    return first, model.greedy_continue(logits, cache, max_new_tokens)

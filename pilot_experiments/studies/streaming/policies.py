@@ -22,11 +22,7 @@ from typing import ClassVar
 import torch
 
 from pilot_experiments.kvcache import KVCache, QuantBlock, Store, cat_stores
-from pilot_experiments.studies.streaming.memory import (
-    StreamMemory,
-    capture_queries,
-    position_free,
-)
+from pilot_experiments.studies.streaming.memory import StreamMemory, position_free
 
 
 class PolicyError(ValueError):
@@ -77,7 +73,8 @@ FullCache = StreamPolicy
 
 
 def _sinks(memory: StreamMemory, sink_tokens: int) -> torch.Tensor:
-    return torch.arange(memory.length) < sink_tokens
+    """The first `sink_tokens` slots, and at least the stream's opening (a chat template's prefix)."""
+    return torch.arange(memory.length) < max(sink_tokens, memory.opening)
 
 
 def _recent(memory: StreamMemory, window_frames: int) -> torch.Tensor:
@@ -331,9 +328,7 @@ class HierarchicalMemory(StreamPolicy):
         scores the mean of its `top_entries` largest logits, z-scored across chunks; scores are
         averaged over heads and layers. Scoring a few best entries, not all, keeps big chunks
         from winning by size; chunks without visual entries score -inf."""
-        probe = memory.fork(len(question_ids))
-        with capture_queries(memory.model) as queries:
-            memory.model.decode(torch.tensor([question_ids], device=probe.next_position.device), probe)
+        queries = memory.question_queries(memory.fork(len(question_ids)), question_ids)
         focus = [i for i, t in enumerate(question_ids) if t in self.content_ids] or list(range(len(question_ids)))
         stores = [c.stores(torch.float32) for c in self.chunks]
         visible = [i for i, c in enumerate(self.chunks) if bool((c.patch >= 0).any())]

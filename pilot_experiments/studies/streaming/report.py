@@ -80,12 +80,14 @@ def notes(metrics: dict, cfg) -> str:
     m = metrics["model"]
     out = [
         (
-            f"Stream: {n} frames of {cfg.frame_px}x{cfg.frame_px} px ({metrics['stream']['visual_tokens_per_frame']} visual tokens + 1 marker per frame), "
+            f"Stream: {n} frames of {cfg.frame_px}x{cfg.frame_px} px ({metrics['stream']['visual_tokens_per_frame']} visual tokens + "
+            f"{metrics['stream']['markers_per_frame']} marker{'s' if metrics['stream']['markers_per_frame'] > 1 else ''} per frame), "
             f"{metrics['stream']['tracks']} object lives; questions per bin {metrics['stream']['questions']} "
             f"(near ≤ {cfg.near_max} frames back, middle ≤ {cfg.middle_max}, far beyond; two-event = which of two shapes appeared first; "
             f"distance min / median / max per bin {metrics['stream']['distance_range']}). "
-            f"Model: `{m['size']}` trained with preset `{m['train_preset']}`; on the substrate's own test split (6-frame clips) it scores "
-            f"{_quality(m['test_metrics'])}. Memory budget {cfg.memory_budget_mib:g} MiB of KV per policy. "
+            + (f"Model: `{m['size']}` trained with preset `{m['train_preset']}`; on the substrate's own test split (6-frame clips) it scores "
+             f"{_quality(m['test_metrics'])}. " if "size" in m else f"Model: checkpoint `{m['checkpoint']}` ({m['params']:,} parameters), not trained on SynthVis. ")
+            + f"Memory budget {cfg.memory_budget_mib:g} MiB of KV per policy. "
             f"Working caches of the bounded policies hold about {cfg.sink_tokens} sink entries + {cfg.window_frames} frames."
         ),
         "",

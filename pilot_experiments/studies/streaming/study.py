@@ -16,7 +16,10 @@ import torch
 from pilot_experiments import synthvis
 from pilot_experiments.harness import StudyRecord, check_preset, pick_device, progress
 from pilot_experiments.metrics import PeakMemory
-from pilot_experiments.studies.streaming.memory import StreamMemory, answer, patchify
+from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
+from pilot_experiments.studies.relaxed_spec.decoding import autoregressive
+from pilot_experiments.studies.streaming.chat import markers_per_frame, open_memory
+from pilot_experiments.studies.streaming.memory import StreamMemory, patchify
 from pilot_experiments.studies.streaming.policies import (
     FrameBudget,
     FullCache,
@@ -72,6 +75,9 @@ class StreamingConfig:
     sample_every: int = 10
     threads: int | None = 1  # torch CPU threads; one avoids oversubscribing a shared 2-core machine
     policies: tuple[str, ...] = POLICY_NAMES
+    model: str | None = None  # a local Qwen2.5-VL checkpoint directory instead of the trained reference LVLM
+    device: str | None = None  # default: CUDA when present (the gpu preset requires it), else the CPU
+    dtype: str = "float32"  # of the checkpoint; the reference LVLM runs in float32
 
     def __post_init__(self) -> None:
         check_preset(self.preset)
@@ -86,7 +92,7 @@ PRESETS = {
         coarse_after=20, tokens_per_frame=8, memory_budget_mib=3.0, near_max=2, middle_max=12, questions_per_bin=2, question_spans=(), sample_every=5,
     ),
     # the cpu preset reads a 2,000-frame stream once per policy, so it uses the cpu-trained draft
-    # (3 layers) to stay within minutes on 2 shared cores; `--model target` swaps in the target
+    # (3 layers) to stay within minutes on 2 shared cores; `--size target` swaps in the target
     "cpu": StreamingConfig("cpu", "draft", "cpu", n_frames=2000),
     "gpu": StreamingConfig(
         "gpu", "large", "gpu", n_frames=10000, threads=None, frame_px=64, time_per_frame=0.35, window_frames=16, chunk_frames=8,
@@ -94,12 +100,12 @@ PRESETS = {
         questions_per_bin=30, question_spans=(1200,), sample_every=50,
     ),
 }
-def make_policies(cfg: StreamingConfig, tokens_per_frame: int) -> dict[str, StreamPolicy]:
+def make_policies(cfg: StreamingConfig, tokens_per_frame: int, content_ids: frozenset[int]) -> dict[str, StreamPolicy]:
     """The policies of the study, sized so that every bounded one holds about the same number of
-    working-cache entries as sinks + `window_frames` full frames."""
+    working-cache entries as sinks + `window_frames` full frames; `content_ids` are the model's
+    visual-content words, which the hierarchical memory's retrieval focuses on."""
     cap = cfg.sink_tokens + cfg.window_frames * tokens_per_frame
     grid = cfg.frame_px // 4
-    tok = synthvis.Tokenizer()
     every = {
         "full": FullCache(),
         "window": SlidingWindow(cfg.window_frames),
@@ -108,7 +114,7 @@ def make_policies(cfg: StreamingConfig, tokens_per_frame: int) -> dict[str, Stre
         "infinipot": InfiniPot(cap, sink_tokens=cfg.sink_tokens),
         "hierarchical": HierarchicalMemory(
             cfg.window_frames, cfg.sink_tokens, cfg.chunk_frames, cfg.top_chunks, cfg.change, cfg.coarse_after, grid,
-            content_ids=frozenset(i for i in range(len(tok)) if tok.is_visual_content(i)),
+            content_ids=content_ids,
         ),
     }
     return {name: every[name] for name in cfg.policies}
@@ -141,21 +147,20 @@ class PolicyRun:
 
 
 @torch.no_grad()
-def run_policy(model, policy: StreamPolicy, stream: FrameStream, cfg: StreamingConfig, tok: synthvis.Tokenizer, on_frame=None) -> PolicyRun:
+def run_policy(prompter: Prompter, policy: StreamPolicy, stream: FrameStream, cfg: StreamingConfig, on_frame=None) -> PolicyRun:
     """Feed `stream` to a fresh copy of `policy`, asking each question when its time comes."""
     policy = replace(policy)
-    device = next(model.parameters()).device
-    grid = cfg.frame_px // model.cfg.patch_px
-    memory = StreamMemory(model, reserve=policy.reserve(grid * grid + 1))
+    device = prompter.backend.device
+    memory = open_memory(prompter, reserve=policy.reserve(frame_entries(prompter, cfg)))
     run = PolicyRun(policy.name)
     previous = None
     budget = cfg.memory_budget_mib * MIB
     for f in range(stream.n_frames):
         pixels = stream.pixels(f)[None].to(device)
         start = time.perf_counter()
-        patches = patchify(pixels[0], model.cfg.patch_px)
+        patches = patchify(pixels[0], memory.patch_px)
         picked = policy.tokens(patches, previous)
-        visual = model.encode_visual(pixels, torch.tensor([f * cfg.time_per_frame], device=device))[0]
+        visual = memory.encode_frame(pixels[0], f * cfg.time_per_frame)
         run.attended.append(memory.append_frame(visual[picked.to(device)], picked, f))
         policy.after_frame(memory)
         run.latency_s.append(time.perf_counter() - start)
@@ -171,36 +176,44 @@ def run_policy(model, policy: StreamPolicy, stream: FrameStream, cfg: StreamingC
             run.out_of_budget_at = f
             break
         for q in stream.questions_at(f):
-            run.answers.append(ask(model, policy, memory, stream, q, tok))
+            run.answers.append(ask(policy, memory, stream, q))
     return run
 
 
-def ask(model, policy: StreamPolicy, memory: StreamMemory, stream: FrameStream, q: StreamQuestion, tok: synthvis.Tokenizer) -> QuestionResult:
-    ids = tok.encode(q.question) + [tok.ans_id]
+def frame_entries(prompter: Prompter, cfg: StreamingConfig) -> int:
+    """Cache entries one whole frame adds: its visual tokens and its markers."""
+    return (cfg.frame_px // 4) ** 2 + markers_per_frame(prompter)
+
+
+def ask(policy: StreamPolicy, memory: StreamMemory, stream: FrameStream, q: StreamQuestion) -> QuestionResult:
+    ids = memory.question_ids(q.question)
     start = time.perf_counter()
     cache, patch = policy.question_cache(memory, ids, extra=len(ids) + len(q.answer) + 2)
-    first, words = answer(model, cache, ids, len(q.answer) + 1)
+    first, words = memory.answer(cache, ids, len(q.answer) + 1)
     frame = cache[0].view().frame[0, 0, : len(patch)].cpu()
     held = evidence_held(stream, q, frame, patch)
     retrieved = None
     if isinstance(policy, HierarchicalMemory) and not evidence_held(stream, q, memory.frames(), memory.patch):
         retrieved = held  # the evidence had left the working cache: did retrieval bring it back?
-    return QuestionResult(q, tuple(tok.decode(words).split()), first - start, held, retrieved)
+    return QuestionResult(q, words, first - start, held, retrieved)
 
 
 @torch.no_grad()
-def oracle_clip(model, stream: FrameStream, q: StreamQuestion, cfg: StreamingConfig, tok: synthvis.Tokenizer) -> bool:
-    """Reference, not a policy: the question read against a short clip laid out as in training,
-    `<bos>`, the evidence frames and the most recent frames (window_frames in all), then the
-    question. Separates what memory loses from what the model cannot do anyway."""
+def oracle_clip(prompter: Prompter, stream: FrameStream, q: StreamQuestion, cfg: StreamingConfig) -> bool:
+    """Reference, not a policy: the question read against a short clip laid out as the model reads
+    a video episode (`<bos>`, or the chat template's opening), the evidence frames and the most
+    recent frames (window_frames in all), then the question. Separates what memory loses from what
+    the model cannot do anyway."""
     recent = [f for f in range(q.time, -1, -1) if f not in q.evidence][: max(0, cfg.window_frames - len(q.evidence))]
     frames = sorted(set(q.evidence) | set(recent))
-    device = next(model.parameters()).device
-    pixels = torch.stack([stream.pixels(f) for f in frames])[None].to(device)
-    times = torch.tensor([[f * cfg.time_per_frame for f in frames]], device=device)
-    text = torch.tensor([tok.encode(q.question) + [tok.ans_id]], device=device)
-    words = model.generate(model.embed_prompt(pixels, times, text), max_new_tokens=len(q.answer) + 1)
-    return tuple(tok.decode(words).split()) == q.answer
+    clip = synthvis.Episode(torch.stack([stream.pixels(f) for f in frames]), [f * cfg.time_per_frame for f in frames],
+                            [stream.video.scene(f) for f in frames], [], stream.video)
+    inputs = prompter.prompt(clip, q.question)
+    backend = prompter.backend
+    cache = backend.new_cache(1, capacity=inputs.length + len(q.answer) + 1)
+    first = backend.prefill(inputs, cache).logits[0, -1]
+    tokens = autoregressive(backend, cache, first, inputs.length, len(q.answer) + 1, prompter.eos)
+    return tuple(prompter.words(tokens)) == q.answer
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -258,36 +271,45 @@ def summarise(run: PolicyRun, cfg: StreamingConfig) -> dict:
     }
 
 
+def load_model(cfg: StreamingConfig, device: torch.device, trained: TrainResult | None = None) -> tuple[Prompter, dict]:
+    """The model to stream into and what the report says of it: the checkpoint `cfg.model`, or the
+    reference LVLM `trained` (default: the cached, or newly trained, size the config names)."""
+    if cfg.model is not None:
+        chat = ChatPrompter.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype), device=str(device))
+        return chat, {"checkpoint": cfg.model, "label": chat.label, "params": chat.params}
+    trained = load_or_train(cfg.model_size, cfg.train_preset, str(device)) if trained is None else trained
+    return ReferencePrompter(trained.model), {"size": trained.model_config.name, "train_preset": trained.train_config.preset,
+                                              "test_metrics": trained.metrics, "params": trained.params}
+
+
 def run_streaming(cfg: StreamingConfig, trained: TrainResult | None = None) -> StudyRecord:
-    """Run every policy of `cfg` over one stream; `trained` defaults to the cached (or newly
-    trained) model the config names."""
-    device = pick_device(cfg.preset)
+    """Run every policy of `cfg` over one stream (see `load_model` for the model)."""
+    device = torch.device(cfg.device) if cfg.device else pick_device(cfg.preset)
     if cfg.threads is not None and device.type == "cpu":
         torch.set_num_threads(cfg.threads)
-    trained = load_or_train(cfg.model_size, cfg.train_preset, str(device)) if trained is None else trained
-    model = trained.model
-    tok = synthvis.Tokenizer()
-    spec = StreamSpec(cfg.n_frames, cfg.frame_px, model.cfg.patch_px, near_max=cfg.near_max, middle_max=cfg.middle_max,
+    prompter, model_info = load_model(cfg, device, trained)
+    spec = StreamSpec(cfg.n_frames, cfg.frame_px, 4, near_max=cfg.near_max, middle_max=cfg.middle_max,
                       questions_per_bin=cfg.questions_per_bin, spans=cfg.question_spans)
     stream = build_stream(spec, cfg.seed)
-    units = (cfg.frame_px // model.cfg.patch_px) ** 2 + 1
-    policies = make_policies(cfg, units)
+    units = frame_entries(prompter, cfg)
+    policies = make_policies(cfg, units, frozenset(torch.nonzero(prompter.class_masks()[0]).flatten().tolist()))
     runs = {}
     with progress() as bar:
         task = bar.add_task("streaming", total=len(policies) * cfg.n_frames)
         for name, policy in policies.items():
             bar.update(task, description=f"streaming {name}")
             with PeakMemory(device) as peak:
-                run = run_policy(model, policy, stream, cfg, tok, on_frame=lambda: bar.advance(task))
+                run = run_policy(prompter, policy, stream, cfg, on_frame=lambda: bar.advance(task))
             bar.update(task, completed=(list(policies).index(name) + 1) * cfg.n_frames)
             runs[name] = summarise(run, cfg)
             runs[name]["process_peak_mib"] = {"delta": peak.delta_bytes / MIB, "exact": peak.exact}
-    oracle = [(q, oracle_clip(model, stream, q, cfg, tok)) for q in stream.questions]
+    oracle = [(q, oracle_clip(prompter, stream, q, cfg)) for q in stream.questions]
     metrics = {
         "oracle_clip_accuracy": {b: _mean([ok for q, ok in oracle if q.bin == b]) for b in BINS},
-        "model": {"size": trained.model_config.name, "train_preset": trained.train_config.preset, "test_metrics": trained.metrics, "params": trained.params},
+        "model": model_info,
         "stream": {"n_frames": cfg.n_frames, "questions": {b: sum(q.bin == b for q in stream.questions) for b in BINS},
-                   "tracks": len(stream.video.tracks), "visual_tokens_per_frame": units - 1,
+                   "tracks": len(stream.video.tracks), "visual_tokens_per_frame": (cfg.frame_px // 4) ** 2,
+                   "markers_per_frame": units - (cfg.frame_px // 4) ** 2,
                    "distance_range": {b: [min(d), int(np.median(d)), max(d)] for b in BINS if (d := [q.distance for q in stream.questions if q.bin == b])}},
         "policies": runs,
     }
