@@ -11,6 +11,8 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the transformers backend needs: pip install '.[hf]'")
 
+from test_pilot_prompts_hf import tiny_chat_model, tiny_image_processor, tiny_tokenizer
+
 from pilot_experiments import synthvis
 from pilot_experiments.__main__ import main
 from pilot_experiments.backends import prompts
@@ -19,7 +21,6 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.studies.streaming.chat import ChatStreamMemory
 from pilot_experiments.studies.streaming.policies import FullCache, SinkWindow
 from pilot_experiments.studies.streaming.stream import StreamSpec, build_stream
-from test_pilot_prompts_hf import tiny_chat_model, tiny_image_processor, tiny_tokenizer
 
 QUESTION = ("what", "colour", "was", "the", "circle", "before", "it", "vanished", "?")
 

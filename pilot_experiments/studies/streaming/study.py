@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from pilot_experiments import synthvis
+from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.harness import StudyRecord, check_preset, pick_device, progress
 from pilot_experiments.metrics import PeakMemory
-from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.studies.relaxed_spec.decoding import autoregressive
 from pilot_experiments.studies.streaming.chat import markers_per_frame, open_memory
 from pilot_experiments.studies.streaming.memory import StreamMemory, patchify
