@@ -1,6 +1,6 @@
 """SynthVis questions put to a backend, and the backend's answers read back as SynthVis words.
 
-The hybrid-kv and relaxed-spec studies ask SynthVis questions about SynthVis pictures and score the
+The hybrid-kv, relaxed-spec and streaming studies ask SynthVis questions about SynthVis pictures and score the
 answers with SynthVis's own metrics. A `Prompter` is all they need of a model for that:
 
 - `prompt(episode, question)`: the pictures and the question as backend `Inputs`, visual entries
