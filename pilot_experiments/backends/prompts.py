@@ -137,7 +137,7 @@ class ChatPrompter:
         self.image_tokens = tokenizer.convert_ids_to_tokens([config.vision_start_token_id, config.image_token_id, config.vision_end_token_id])
         self.token_px = image_processor.patch_size * image_processor.merge_size
         self.merge = image_processor.merge_size
-        self.answer_start = self._ids(self._chat(ONE_WORD))[-1]
+        self.answer_start = self.tokenize(self._chat(ONE_WORD))[-1]
         self._masks = word_class_masks(tokenizer, rows=backend.lm_head.out_features)
 
     @classmethod
@@ -158,7 +158,8 @@ class ChatPrompter:
             return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
         return f"{content}\nAnswer:"
 
-    def _ids(self, text: str) -> list[int]:
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text`; special-token strings in it (image markers) become their ids."""
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     def pictures(self, pixels: torch.Tensor, grid: int) -> dict[str, torch.Tensor]:
@@ -187,7 +188,7 @@ class ChatPrompter:
         pictures = self.pictures(episode.pixels, episode.scenes[0].grid)
         grid_thw = pictures["image_grid_thw"]
         placeholder = "".join(self.image_tokens)
-        ids = self._ids(self._chat(placeholder * len(episode.pixels) + question_text(question, video=episode.video is not None)))
+        ids = self.tokenize(self._chat(placeholder * len(episode.pixels) + question_text(question, video=episode.video is not None)))
         if ids[-1] != self.answer_start:
             raise BackendError("the chat template's generation prompt changed with the message; cannot find the answer start")
         counts = iter((grid_thw.prod(-1) // self.merge**2).tolist())

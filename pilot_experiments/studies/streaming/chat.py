@@ -48,7 +48,7 @@ class ChatStreamMemory(StreamMemory):
         config = self.backend.model.config
         self.start_id, self.end_id = config.vision_start_token_id, config.vision_end_token_id
         before, self.closing = chat.split_chat()
-        ids = torch.tensor([chat._ids(before)], device=self.backend.device)
+        ids = torch.tensor([chat.tokenize(before)], device=self.backend.device)
         self.backend.prefill(self.backend.embed_tokens(ids, torch.arange(ids.shape[1], device=ids.device)[None]), self.cache)
         self._opening = ids.shape[1]
         self.patch = torch.full((self._opening,), -1, dtype=torch.long)
@@ -107,7 +107,7 @@ class ChatStreamMemory(StreamMemory):
         cache.next_position.fill_(int(new[-1] + extent[-1]) if len(new) else 0)
 
     def question_ids(self, question: tuple[str, ...]) -> list[int]:
-        return self.chat._ids(question_text(question, video=True) + self.closing)
+        return self.chat.tokenize(question_text(question, video=True) + self.closing)
 
     def question_queries(self, cache: KVCache, question_ids: list[int]) -> list[torch.Tensor]:
         device = cache.next_position.device
