@@ -1,7 +1,7 @@
 """The reference LVLM, end to end in one file.
 
 pixels (units, 3, H, W) --ViT--> patch features --adapter (optional k x k pooling, MLP, frame-time
-and grid-place embeddings)--> visual tokens, spliced into the text sequence
+embedding)--> visual tokens, spliced into the text sequence
 
     <bos> (<img> visual tokens) per image or frame, then question tokens <ans> answer tokens <eos>
 
@@ -192,17 +192,12 @@ class VisionEncoder(nn.Module):
 
 class Adapter(nn.Module):
     """Optional k x k average pooling of the patch grid (so the visual tokens per image can vary),
-    then an MLP into the LM width, plus embeddings of the frame time and of each token's place on
-    the grid. The LM's RoPE only sees raster order; the place embedding hands it the row and column
-    (averaged over an object's tokens, its centre), which relations and caption regions need."""
-
-    PLACE_FEATURES = 16  # sinusoid features per grid axis
+    then an MLP into the LM width, plus an embedding of the frame time."""
 
     def __init__(self, cfg: LVLMConfig) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(cfg.vit_dim, cfg.lm_dim), nn.GELU(), nn.Linear(cfg.lm_dim, cfg.lm_dim))
         self.time = nn.Linear(cfg.lm_dim, cfg.lm_dim)
-        self.place = nn.Linear(2 * self.PLACE_FEATURES, cfg.lm_dim)
         self.max_time = cfg.max_frame_time
 
     def forward(self, feats: torch.Tensor, grid: tuple[int, int], times: torch.Tensor, pool: int = 1) -> torch.Tensor:
@@ -212,12 +207,8 @@ class Adapter(nn.Module):
             g = feats.transpose(1, 2).reshape(n, d, *grid)
             feats = F.avg_pool2d(g, pool).flatten(2).transpose(1, 2)
         x = self.mlp(feats)
-        d = x.shape[-1]
-        rows, cols = torch.meshgrid(torch.arange(grid[0] // pool, device=x.device), torch.arange(grid[1] // pool, device=x.device), indexing="ij")
-        centres = [(v.flatten() + 0.5) * pool for v in (rows, cols)]  # in patches, whatever the pooling
-        place = self.place(torch.cat([sinusoid(c, self.PLACE_FEATURES, 100.0) for c in centres], dim=-1).to(x.dtype))
-        t = self.time(sinusoid(times, d, self.max_time).to(x.dtype))
-        return x + t.unsqueeze(1) + place
+        t = self.time(sinusoid(times, x.shape[-1], self.max_time).to(x.dtype))
+        return x + t.unsqueeze(1)
 
 
 # ----------------------------------------------------------------------------- language model
@@ -286,10 +277,9 @@ class LVLM(nn.Module):
         self.norm = RMSNorm(cfg.lm_dim, cfg.norm_eps)
         self.apply(self._init)
         # patch content must not drown under the position signal, nor visual tokens under the
-        # time and place embeddings, or the LM cannot tell patches apart at the start
+        # (constant per frame) time embedding, or the LM cannot tell patches apart at the start
         nn.init.normal_(self.vision.embed.weight, std=self.vision.embed.in_features**-0.5)
         nn.init.zeros_(self.adapter.time.weight)
-        nn.init.zeros_(self.adapter.place.weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:

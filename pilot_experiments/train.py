@@ -8,10 +8,7 @@ seeded schedule, and packs every question of an episode into one sequence after 
 Each question attends to the pictures and to itself only, from the position right after the
 pictures (`isolate_questions`), so training sees exactly what evaluation asks. The loss is
 next-token cross-entropy on answer tokens and their <eos>, plus an alignment loss that makes each
-visual token name its object's attributes in the LM's word embeddings (`PatchProbe`). The first
-`small_scene_fraction` of the steps draw small scenes (32 px, at most two objects: 64 patches
-instead of 256), so the LM learns to find the object a question names among few patches before it
-meets full-size images. Data,
+visual token name its object's attributes in the LM's word embeddings (`PatchProbe`). Data,
 initialisation and batch order depend on the seed alone, so a run is repeatable on the same machine.
 
 Studies call `load_or_train(size, preset)`: it returns the cached model when the checkpoint for
@@ -37,7 +34,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "5"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "4"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -60,9 +57,6 @@ class TrainConfig:
     frame_px: int = 32
     n_frames: int = 6
     max_objects: int = 4
-    small_scene_fraction: float = 0.4  # this share of the first steps draws small scenes (below)
-    small_scene_px: int = 32
-    small_scene_objects: int = 2
     family_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)  # image, multi, video
     pools: tuple[int, ...] = (1,)
     eval_every: int = 50
@@ -74,7 +68,7 @@ class TrainConfig:
 
 
 PRESETS = {
-    "smoke": TrainConfig("smoke", steps=150, batch=8, lr=3e-3, warmup=10, image_px=32, frame_px=32, n_frames=3, max_objects=1, small_scene_fraction=0.0,
+    "smoke": TrainConfig("smoke", steps=150, batch=8, lr=3e-3, warmup=10, image_px=32, frame_px=32, n_frames=3, max_objects=1,
                          family_weights=(1.0, 0.0, 0.0), eval_every=25, eval_episodes=24, bar={"val_token_acc": 0.6}),
     "cpu": TrainConfig("cpu", steps=1400, batch=8, eval_every=100, eval_episodes=60, bar={"vqa": 0.9, "caption_f1": 0.9}),
     "gpu": TrainConfig("gpu", steps=4000, batch=32, lr=1e-3, warmup=200, image_px=96, frame_px=48, n_frames=12, max_objects=6,
@@ -92,14 +86,11 @@ def train_config(preset: str, **overrides) -> TrainConfig:
 # ----------------------------------------------------------------------------- data
 
 
-def family_episode(family: str, split: str, seed: int, index: int, tc: TrainConfig, *, small: bool = False) -> synthvis.Episode:
-    """Episode `index` of a family; `small` draws its images at `small_scene_px` with at most
-    `small_scene_objects` objects (videos are unchanged)."""
-    image_px, max_objects = (tc.small_scene_px, tc.small_scene_objects) if small else (tc.image_px, tc.max_objects)
+def family_episode(family: str, split: str, seed: int, index: int, tc: TrainConfig) -> synthvis.Episode:
     if family == "image":
-        return synthvis.image_episode(split, seed, index, image_px=image_px, max_objects=max_objects)
+        return synthvis.image_episode(split, seed, index, image_px=tc.image_px, max_objects=tc.max_objects)
     if family == "multi":
-        return synthvis.multi_image_episode(split, seed, index, image_px=image_px, max_objects=max_objects)
+        return synthvis.multi_image_episode(split, seed, index, image_px=tc.image_px, max_objects=tc.max_objects)
     return synthvis.video_episode(split, seed, index, n_frames=tc.n_frames, frame_px=tc.frame_px, max_objects=min(3, tc.max_objects))
 
 
@@ -322,8 +313,7 @@ def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: boo
             for g in opt.param_groups:
                 g["lr"] = lr
             family = FAMILIES[families[step]]
-            small = step < tc.small_scene_fraction * tc.steps
-            episodes = [family_episode(family, "train", tc.seed, step * tc.batch + j, tc, small=small) for j in range(tc.batch)]
+            episodes = [family_episode(family, "train", tc.seed, step * tc.batch + j, tc) for j in range(tc.batch)]
             model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
                 loss, _ = batch_loss(model, episodes, tok, int(pools[step]) if family != "video" else 1, probe)

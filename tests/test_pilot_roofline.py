@@ -153,8 +153,7 @@ def test_reference_entries_mirror_the_model_configs(size):
     def matrices(module):
         return sum(p.numel() for p in module.parameters() if p.dim() == 2)
 
-    # The time and place embeddings depend on a frame's time and the grid alone, not on its pixels: not counted.
-    vision_and_adapter = matrices(model.vision) + matrices(model.adapter) - model.adapter.time.weight.numel() - model.adapter.place.weight.numel()
+    vision_and_adapter = matrices(model.vision) + matrices(model.adapter) - model.adapter.time.weight.numel()
     assert roofline.vision_params(shape) == vision_and_adapter
     # The LM head is tied to the embedding table: count it once, as the roofline does.
     assert roofline.llm_params(shape) == matrices(model.blocks) + model.embed.weight.numel()
