@@ -50,27 +50,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
             hits = server.hits[self.path]
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        if self.path == "/slow":
+            time.sleep(SLOW_SECONDS)
+        elif self.path.startswith("/busy/"):
+            time.sleep(0.2)
+        # Out of flight before answering: once the client has the answer it may send its next
+        # request, whose count must not overlap this one's.
+        with server.lock:
+            server.in_flight -= 1
         try:
-            if self.path == "/slow":
-                time.sleep(SLOW_SECONDS)
-                self.answer(200)
-            elif self.path == "/flaky":
+            if self.path == "/flaky":
                 self.answer(503 if hits == 1 else 200)
             elif self.path == "/redirect":
                 self.send_response(302)
                 self.send_header("Location", "/live")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-            elif self.path.startswith("/busy/"):
-                time.sleep(0.2)
-                self.answer(200)
             else:
-                self.answer(200 if self.path == "/live" else 404)
+                self.answer(200 if self.path in ("/slow", "/live") or self.path.startswith("/busy/") else 404)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (the slow URL's timeout)
-        finally:
-            with server.lock:
-                server.in_flight -= 1
 
     def answer(self, status: int) -> None:
         body = b"ok" if status < 400 else b"no"
