@@ -50,10 +50,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             hits = server.hits[self.path]
             server.in_flight += 1
             server.max_in_flight = max(server.max_in_flight, server.in_flight)
-        if self.path == "/slow":
-            time.sleep(SLOW_SECONDS)
-        elif self.path.startswith("/busy/"):
-            time.sleep(0.2)
+        works = self.path == "/slow" or self.path.startswith("/busy/")
+        time.sleep(SLOW_SECONDS if self.path == "/slow" else 0.2 if works else 0)
         # Out of flight before answering: once the client has the answer it may send its next
         # request, whose count must not overlap this one's.
         with server.lock:
@@ -67,7 +65,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Length", "0")
                 self.end_headers()
             else:
-                self.answer(200 if self.path in ("/slow", "/live") or self.path.startswith("/busy/") else 404)
+                self.answer(200 if works or self.path == "/live" else 404)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (the slow URL's timeout)
 
