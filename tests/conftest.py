@@ -1,4 +1,5 @@
-"""Shared fixtures: the repository root and throw-away repositories built from the real taxonomy."""
+"""Shared fixtures: the repository root, throw-away repositories built from the real taxonomy, and an
+untrained reference LVLM for the pilot tests that need a model but not a trained one."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+from pilot_experiments import synthvis
+from pilot_experiments.model import LVLM, config_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -24,3 +29,10 @@ def tiny_repo(tmp_path: Path) -> Path:
     (tmp_path / "papers").mkdir()
     shutil.copy(FIXTURES / "fastv-2024.yaml", tmp_path / "papers" / "fastv-2024.yaml")
     return tmp_path
+
+
+@pytest.fixture(scope="module")
+def untrained_draft() -> LVLM:
+    """The `draft` config with seed-0 random weights, in eval mode (one per test module)."""
+    torch.manual_seed(0)
+    return LVLM(config_for("draft", len(synthvis.Tokenizer()))).eval()

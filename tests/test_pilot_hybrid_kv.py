@@ -13,7 +13,7 @@ from pilot_experiments import synthvis
 from pilot_experiments.backends import ReferenceQueryTap
 from pilot_experiments.backends.prompts import ReferencePrompter
 from pilot_experiments.kvcache import VISUAL
-from pilot_experiments.model import LVLM, config_for
+from pilot_experiments.model import config_for
 from pilot_experiments.studies.hybrid_kv import (
     Compose,
     FullCache,
@@ -35,21 +35,15 @@ TOK = synthvis.Tokenizer()
 
 
 @pytest.fixture(scope="module")
-def model() -> LVLM:
-    torch.manual_seed(0)
-    return LVLM(config_for("draft", len(TOK))).eval()
-
-
-@pytest.fixture(scope="module")
-def prefilled(model):
+def prefilled(untrained_draft):
     """A prefilled cache for one SynthVis question (question only, no <ans>) and its observation."""
     ep = synthvis.image_episode("test", 0, 1, image_px=32)
     qa = ep.qas[0]
-    inputs = model.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question)]))
-    tap = ReferenceQueryTap(model).__enter__()
-    cache = model.new_cache(1, capacity=inputs.length + 16)
+    inputs = untrained_draft.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question)]))
+    tap = ReferenceQueryTap(untrained_draft).__enter__()
+    cache = untrained_draft.new_cache(1, capacity=inputs.length + 16)
     with torch.no_grad():
-        model.prefill(inputs, cache)
+        untrained_draft.prefill(inputs, cache)
     yield ep, qa, cache, observe(tap, cache), tap
     tap.__exit__(None, None, None)
 
@@ -92,10 +86,10 @@ def test_every_policy_attends_exactly_its_visual_budget(prefilled, budget, compa
 
 
 @pytest.mark.parametrize("compact", [False, True], ids=["masked", "compacted"])
-def test_hybrid_dynamic_heads_see_exactly_their_budget_at_a_decode_step(model, prefilled, compact):
+def test_hybrid_dynamic_heads_see_exactly_their_budget_at_a_decode_step(untrained_draft, prefilled, compact):
     policy = Hybrid(0.2, chunk=8, dynamic_fraction=1.0)
     cache, obs = compressed(prefilled, policy, compact)
-    decode(model, cache, steps=1)
+    decode(untrained_draft, cache, steps=1)
     for layer, budgets in zip(cache.layers, policy.head_budgets(obs)):
         keys, _, mask = layer.read(1)  # the same query again: the same retrieval
         visible = torch.ones(keys.shape[1], layer.length, dtype=torch.bool) if mask is None else mask[0, :, 0, : layer.length] == 0
@@ -103,26 +97,26 @@ def test_hybrid_dynamic_heads_see_exactly_their_budget_at_a_decode_step(model, p
         assert torch.equal((visible & visual).sum(-1), budgets)
 
 
-def test_full_cache_output_equals_uncompressed_generation(model, prefilled):
+def test_full_cache_output_equals_uncompressed_generation(untrained_draft, prefilled):
     ep, qa, cache, obs, _ = prefilled
-    ours = answer(ReferencePrompter(model), cache, obs, FullCache(), compact=True, max_new=12)
-    inputs = model.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question) + [TOK.ans_id]]))
-    assert ours.tokens == model.generate(inputs, max_new_tokens=12)
+    ours = answer(ReferencePrompter(untrained_draft), cache, obs, FullCache(), compact=True, max_new=12)
+    inputs = untrained_draft.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question) + [TOK.ans_id]]))
+    assert ours.tokens == untrained_draft.generate(inputs, max_new_tokens=12)
     assert ours.visual_kept == 1.0 and ours.total_kept == 1.0
 
 
-def test_full_cache_logits_equal_the_untouched_cache(model, prefilled):
-    reference = decode(model, copy.deepcopy(prefilled[2]))
+def test_full_cache_logits_equal_the_untouched_cache(untrained_draft, prefilled):
+    reference = decode(untrained_draft, copy.deepcopy(prefilled[2]))
     cache, _ = compressed(prefilled, FullCache(), compact=True)
-    torch.testing.assert_close(decode(model, cache), reference, rtol=0, atol=1e-5)
+    torch.testing.assert_close(decode(untrained_draft, cache), reference, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("index", range(6))
-def test_masked_and_compacted_caches_give_the_same_logits(model, prefilled, index):
+def test_masked_and_compacted_caches_give_the_same_logits(untrained_draft, prefilled, index):
     policy = policies(0.2)[index]
     masked, _ = compressed(prefilled, policy, compact=False)
     packed, _ = compressed(prefilled, policy, compact=True)
-    torch.testing.assert_close(decode(model, masked), decode(model, packed), rtol=0, atol=1e-4)
+    torch.testing.assert_close(decode(untrained_draft, masked), decode(untrained_draft, packed), rtol=0, atol=1e-4)
 
 
 def test_compaction_frees_memory_that_masking_keeps(prefilled):
@@ -134,18 +128,18 @@ def test_compaction_frees_memory_that_masking_keeps(prefilled):
     assert packed.bytes().resident == widest * per_slot < masked.bytes().resident / 2
 
 
-def test_budget_one_keeps_the_cache_identical_in_effect(model, prefilled):
-    reference = decode(model, copy.deepcopy(prefilled[2]))
+def test_budget_one_keeps_the_cache_identical_in_effect(untrained_draft, prefilled):
+    reference = decode(untrained_draft, copy.deepcopy(prefilled[2]))
     for policy in policies(1.0):
         cache, _ = compressed(prefilled, policy, compact=True)
-        torch.testing.assert_close(decode(model, cache), reference, rtol=0, atol=1e-4)
+        torch.testing.assert_close(decode(untrained_draft, cache), reference, rtol=0, atol=1e-4)
 
 
-def test_retrieval_ranks_chunks_by_query_dot_mean_key(model, prefilled):
+def test_retrieval_ranks_chunks_by_query_dot_mean_key(untrained_draft, prefilled):
     policy = Hybrid(0.2, chunk=8, dynamic_fraction=1.0)
     cache, obs = compressed(prefilled, policy, compact=True)
     layer = cache.layers[1]
-    decode(model, cache, steps=1)
+    decode(untrained_draft, cache, steps=1)
     q = layer.queries(1)  # (1, n_dyn, group, 1, d)
     chunks = layer.cold["keys"].view(1, len(layer.dyn), -1, 8, layer.head_dim)
     valid = layer.entry_valid.view(1, len(layer.dyn), -1, 8)
@@ -160,7 +154,7 @@ def test_retrieval_ranks_chunks_by_query_dot_mean_key(model, prefilled):
     torch.testing.assert_close(layer.hot.keys[0, layer.dyn[0], start : start + budget], best)
 
 
-def test_merged_entry_is_the_mean_of_its_members(model, prefilled):
+def test_merged_entry_is_the_mean_of_its_members(untrained_draft, prefilled):
     cache = copy.deepcopy(prefilled[2])
     layer = cache.layers[0]
     original = layer.view().keys.clone()
@@ -181,11 +175,11 @@ def test_lookm_merging_accounts_for_every_visual_entry_once(prefilled):
         assert torch.equal((hot.count * kept).sum(-1), obs.visual.sum(-1))
 
 
-def test_policies_are_deterministic(model, prefilled):
+def test_policies_are_deterministic(untrained_draft, prefilled):
     for policy in policies(0.2):
         a, _ = compressed(prefilled, policy, compact=True)
         b, _ = compressed(prefilled, policy, compact=True)
-        assert torch.equal(decode(model, a), decode(model, b))
+        assert torch.equal(decode(untrained_draft, a), decode(untrained_draft, b))
         for la, lb in zip(a.layers, b.layers):
             assert torch.equal(la.view().valid, lb.view().valid) and torch.equal(la.view().keys, lb.view().keys)
 
@@ -208,11 +202,11 @@ def test_sparsemm_needs_scores_shaped_like_the_model(prefilled):
         SparseMM(0.2, head_scores=torch.ones(5, 5)).compress(copy.deepcopy(prefilled[2]), prefilled[3])
 
 
-def test_observed_window_attention_equals_the_model_weights(model, prefilled):
+def test_observed_window_attention_equals_the_model_weights(untrained_draft, prefilled):
     ep, qa, _, obs, tap = prefilled
-    inputs = model.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question)]))
+    inputs = untrained_draft.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question)]))
     with torch.no_grad():
-        weights = model(inputs, need_attn=True).attn
+        weights = untrained_draft(inputs, need_attn=True).attn
     w = obs.attention[0].shape[2]
     for ours, theirs in zip(obs.attention, weights):
         torch.testing.assert_close(ours, theirs[:, :, -w:], rtol=0, atol=1e-6)

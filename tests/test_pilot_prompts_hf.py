@@ -1,19 +1,26 @@
 """SynthVis questions put to a real architecture: a tiny, randomly initialised Qwen2.5-VL with a
-word-level tokenizer, a chat template and Qwen's own image processor, built here (no download).
+word-level tokenizer, a chat template and Qwen's own image processor (tests/tiny_qwen.py, no download).
 The chat prompter's prompts run through the vision tower and multimodal RoPE, the studies' answer
 loop reproduces `generate()`, and `hybrid-kv` and `relaxed-spec` run end to end with `--model PATH`."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers", reason="the transformers backend needs: pip install '.[hf]'")
 
-from pilot_experiments import synthvis, train
+from tiny_qwen import (
+    TEMPLATE,
+    save_tiny_checkpoint,
+    tiny_chat_prompter,
+    tiny_image_processor,
+    tiny_tokenizer,
+)
+
+from pilot_experiments import train
 from pilot_experiments.__main__ import main
 from pilot_experiments.backends import prompts
 from pilot_experiments.backends.hf import HFBackend
@@ -21,61 +28,18 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.studies.hybrid_kv import FullCache, observe
 from pilot_experiments.studies.hybrid_kv.study import answer
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SMOKE = train.train_config("smoke")
-
-
-def tiny_tokenizer():
-    """Word level over every word the prompts use, lower-cased, with Qwen's special tokens."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-
-    text = " ".join([prompts.CAPTION_INSTRUCTION, prompts.ONE_WORD, prompts.VIDEO_PREFACE, "user assistant", *synthvis.Tokenizer().words])
-    words = sorted(set(re.findall(r"\w+|[^\w\s]+", text.lower().replace("<", " ").replace(">", " "))))
-    backbone = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]", *words])}, unk_token="[UNK]"))
-    backbone.normalizer = normalizers.Lowercase()
-    backbone.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=backbone, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                               additional_special_tokens=SPECIALS)
-    tok.chat_template = TEMPLATE
-    return tok
-
-
-def tiny_chat_model(tok, seed: int = 0):
-    ids = dict(zip(SPECIALS, tok.convert_tokens_to_ids(SPECIALS)))
-    cfg = transformers.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=ids["<|endoftext|>"],
-                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
-                           spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"])
-    torch.manual_seed(seed)
-    return transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
-
-
-def tiny_image_processor():
-    return transformers.Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=64, max_pixels=1 << 20)
 
 
 @pytest.fixture(scope="module")
 def chat():
-    tok = tiny_tokenizer()
-    return prompts.ChatPrompter(HFBackend(tiny_chat_model(tok), tok), tiny_image_processor(), label="tiny-qwen")
+    return tiny_chat_prompter()
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """The tiny model, tokenizer and image processor saved as a checkpoint directory."""
-    path = tmp_path_factory.mktemp("ckpt") / "tiny-qwen"
-    tok = tiny_tokenizer()
-    tiny_chat_model(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    tiny_image_processor().save_pretrained(path)
-    return path
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen")
 
 
 def test_one_visual_token_per_synthvis_patch_for_images_and_video_frames(chat):
@@ -166,10 +130,8 @@ def test_a_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
 def test_a_chat_template_kept_beside_the_processor_is_used(tmp_path):
     path = tmp_path / "template-in-processor"
     tok = tiny_tokenizer()
-    tiny_chat_model(tok).save_pretrained(path)
     tok.chat_template = None
-    tok.save_pretrained(path)
-    tiny_image_processor().save_pretrained(path)
+    save_tiny_checkpoint(path, tok)
     (path / "chat_template.json").write_text(json.dumps({"chat_template": TEMPLATE}))
     chat = prompts.ChatPrompter.from_pretrained(path)
     ep = train.family_episode("image", "test", 0, 0, SMOKE)

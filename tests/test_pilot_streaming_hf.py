@@ -1,6 +1,6 @@
-"""The streaming memory on a real architecture: a tiny random Qwen2.5-VL (built as in
-test_pilot_prompts_hf.py) reads a SynthVis stream frame by frame with multimodal RoPE, keeps frames
-whole when it re-positions them, and runs the streaming study with `--model PATH`."""
+"""The streaming memory on a real architecture: a tiny random Qwen2.5-VL (tests/tiny_qwen.py)
+reads a SynthVis stream frame by frame with multimodal RoPE, keeps frames whole when it
+re-positions them, and runs the streaming study with `--model PATH`."""
 
 from __future__ import annotations
 
@@ -11,12 +11,10 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the transformers backend needs: pip install '.[hf]'")
 
-from test_pilot_prompts_hf import tiny_chat_model, tiny_image_processor, tiny_tokenizer
+from tiny_qwen import save_tiny_checkpoint, tiny_chat_prompter
 
 from pilot_experiments import synthvis
 from pilot_experiments.__main__ import main
-from pilot_experiments.backends import prompts
-from pilot_experiments.backends.hf import HFBackend
 from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.studies.streaming.chat import ChatStreamMemory
 from pilot_experiments.studies.streaming.policies import FullCache, SinkWindow
@@ -27,8 +25,7 @@ QUESTION = ("what", "colour", "was", "the", "circle", "before", "it", "vanished"
 
 @pytest.fixture(scope="module")
 def chat():
-    tok = tiny_tokenizer()
-    return prompts.ChatPrompter(HFBackend(tiny_chat_model(tok), tok), tiny_image_processor(), label="tiny-qwen")
+    return tiny_chat_prompter()
 
 
 @pytest.fixture(scope="module")
@@ -71,11 +68,7 @@ def test_evicting_frames_lays_the_kept_ones_out_as_if_they_had_come_alone(chat, 
 
 
 def test_the_streaming_study_runs_on_a_checkpoint_directory(tmp_path):
-    path = tmp_path / "tiny-qwen"
-    tok = tiny_tokenizer()
-    tiny_chat_model(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    tiny_image_processor().save_pretrained(path)
+    path = save_tiny_checkpoint(tmp_path / "tiny-qwen")
     assert main(["streaming", "--preset", "smoke", "--model", str(path), "--frames", "50", "--results-dir", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "streaming-tiny-qwen" / "smoke-cpu.json").read_text())
     metrics = payload["metrics"]
