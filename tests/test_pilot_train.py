@@ -79,14 +79,6 @@ def test_checkpoint_key_changes_with_the_config():
     assert a != T.checkpoint_key("target", T.train_config("smoke"))
 
 
-def test_size_overrides_apply_to_their_size_only(monkeypatch):
-    monkeypatch.setitem(T.SIZE_OVERRIDES, ("smoke", "target"), {"lr": 1e-4})
-    assert T.train_config("smoke", "target").lr == 1e-4
-    assert T.train_config("smoke", "draft") == T.train_config("smoke") == T.PRESETS["smoke"]
-    assert T.train_config("smoke", "target", lr=5e-4).lr == 5e-4  # explicit overrides win
-    assert T.checkpoint_key("target", T.train_config("smoke", "target")) != T.checkpoint_key("target", T.train_config("smoke"))
-
-
 def test_caption_f1_scores_attribute_facts():
     from pilot_experiments.synthvis import Scene, WorldObject
 
