@@ -14,6 +14,7 @@ weights per query head, computed explicitly (slower; the default path never mate
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 
 import torch
@@ -89,7 +90,8 @@ class Inputs:
 
 @dataclass
 class Output:
-    """logits (batch, T, vocab); attn: per layer (batch, heads, T, L) weights when asked, else None;
+    """logits (batch, T, vocab); attn: per layer (batch, heads, T, L) weights when asked (None for
+    the layers not asked), else None;
     hidden: the final normed hidden states (batch, T, lm_dim)."""
 
     logits: torch.Tensor
@@ -337,15 +339,18 @@ class LVLM(nn.Module):
         return Inputs(self.embed(token_ids), positions, modality, torch.full_like(token_ids, -1), token_ids)
 
     # -- running --------------------------------------------------------------------------------
-    def forward(self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool = False) -> Output:
+    def forward(self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool | Collection[int] = False) -> Output:
         """Run the LM over `inputs`. Without a cache: causal attention over the sequence, plus an
         optional additive `attn_bias` (batch, kv_heads, T, T), or a list of one per layer. With a
-        cache: the new entries are appended and attention covers every valid cached entry."""
+        cache: the new entries are appended and attention covers every valid cached entry.
+        `need_attn`: True for every layer's attention weights, or the indices of the layers whose
+        weights are wanted (None in `Output.attn` for the others, which keep the fast path)."""
         x = inputs.embeds
         attn = [] if need_attn else None
         for i, block in enumerate(self.blocks):
             bias = attn_bias[i] if isinstance(attn_bias, (list, tuple)) else attn_bias
-            x, weights = block(x, inputs, None if cache is None else cache[i], bias, need_attn)
+            wanted = need_attn if isinstance(need_attn, bool) else i in need_attn
+            x, weights = block(x, inputs, None if cache is None else cache[i], bias, wanted)
             if need_attn:
                 attn.append(weights)
         if cache is not None:

@@ -353,6 +353,8 @@ class Episode:
 CAPTION_ARTICLES = ("a", "the")
 CAPTION_PREPOSITIONS = ("at", "in")
 CAPTION_SEPARATORS = (".", "and")
+CAPTION_PHRASE = 10  # words per object in a caption: article size colour texture shape preposition the row col separator
+CAPTION_CONTENT_SLOTS = (1, 2, 3, 4, 7, 8)  # the words of a phrase that describe its object
 
 
 def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> tuple[str, ...]:

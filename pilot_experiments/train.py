@@ -8,7 +8,9 @@ seeded schedule, and packs every question of an episode into one sequence after 
 Each question attends to the pictures and to itself only, from the position right after the
 pictures (`isolate_questions`), so training sees exactly what evaluation asks. The loss is
 next-token cross-entropy on answer tokens and their <eos>, plus an alignment loss that makes each
-visual token name its object's attributes in the LM's word embeddings (`PatchProbe`). Data,
+visual token name its object's attributes in the LM's word embeddings (`PatchProbe`), plus a
+grounding loss that makes one attention head look from each word that names an object, and from
+each caption word, at that object (`grounding_loss`). Data,
 initialisation and batch order depend on the seed alone, so a run is repeatable on the same machine.
 
 Studies call `load_or_train(size, preset)`: it returns the cached model when the checkpoint for
@@ -59,6 +61,8 @@ class TrainConfig:
     max_objects: int = 4
     family_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)  # image, multi, video
     pools: tuple[int, ...] = (1,)
+    grounding_weight: float = 1.0
+    grounding_layer: int = 1  # early, so the layers above can carry what it finds to the answer
     eval_every: int = 50
     eval_episodes: int = 60
     bar: dict = field(default_factory=dict)  # metric -> minimum value on the test split
@@ -200,16 +204,69 @@ class PatchProbe(torch.nn.Module):
         return total / 2
 
 
+def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
+    """What the words of `qa` are about in the pictures: (offset, ((unit, object ident), ...))
+    pairs, offsets counted from the <ans> token. A caption's phrase k describes the k-th object in
+    raster order, so the positions that predict its content words (offset i predicts answer word i)
+    point at that object. In a question, each word that names a colour or shape of an object the
+    question refers to (negative offsets) points at those objects, a video's object at the frame of
+    its event: the model finds an object by its description where the description is, and the
+    answer reads it from there. A count of zero points nowhere."""
+    if qa.kind == "caption":
+        unit = qa.objects[0][0] if qa.objects else 0
+        objects = sorted(episode.scenes[unit].objects, key=lambda o: (o.row, o.col))
+        return [(synthvis.CAPTION_PHRASE * k + slot, ((unit, o.ident),)) for k, o in enumerate(objects) for slot in synthvis.CAPTION_CONTENT_SLOTS]
+    refs = qa.objects
+    if refs and refs[0][0] == -1:  # video
+        refs = tuple((episode.times.index(frame), ident) for (_, ident), frame in zip(refs, qa.event_frames))
+    referred = [(unit, next(o for o in episode.scenes[unit].objects if o.ident == ident)) for unit, ident in refs]
+    targets = []
+    for i, word in enumerate(qa.question):
+        named = tuple((unit, o.ident) for unit, o in referred if word in (o.colour, o.shape, synthvis.PLURALS[o.shape]))
+        if named:
+            targets.append((i - len(qa.question), named))
+    return targets
+
+
+def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> torch.Tensor:
+    """(B, T, T) bool: for the packed sequences of `pack`, row i marks the visual tokens that
+    position i is about (`grounding_targets`); rows of other positions are empty."""
+    mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)
+    for b, ep in enumerate(episodes):
+        ans = text_start - 1  # each question's <ans> token, walking the packed questions
+        for qa in ep.qas:
+            ans += len(qa.question) + 1
+            for offset, refs in grounding_targets(ep, qa):
+                for unit, ident in refs:
+                    mask[b, ans + offset, 2 + unit * unit_len + ep.scenes[unit].object_patches(ident)] = True
+            ans += len(qa.answer) + 1
+    return mask
+
+
+def grounding_loss(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean -log of the attention mass (attn (B, T, T), one head) that each grounded position puts
+    on the visual tokens of what it is about. Supervised attention, as in Qiao et al. 2018
+    ("Exploring Human-like Attention Supervision in Visual Question Answering"), with the world's
+    own object masks as the supervision."""
+    rows = mask.any(-1)
+    mass = (attn * mask).sum(-1)[rows]
+    return -torch.log(mass.clamp_min(1e-6)).mean()
+
+
 def batch_loss(
-    model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None, probe_weight: float = 0.5,
+    model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None,
+    probe_weight: float = 0.5, grounding_weight: float = 0.0, grounding_layer: int = 1,
 ) -> tuple[torch.Tensor, float]:
-    """Mean answer-token cross-entropy (plus the probe's patch loss when given, at pool 1) and
-    answer-token accuracy (teacher forced)."""
+    """Mean answer-token cross-entropy (plus, at pool 1, the probe's patch loss when a probe is
+    given and the grounding loss of head 0 in LM layer `grounding_layer` when `grounding_weight` >
+    0) and answer-token accuracy (teacher forced)."""
     device = next(model.parameters()).device
     batch = pack(episodes, tok)
     inputs = model.embed_prompt(batch.pixels.to(device), batch.times.to(device), batch.text.to(device), pool)
     bias = isolate_questions(inputs, batch, model.cfg.lm_kv_heads)
-    logits = model(inputs, attn_bias=bias.to(inputs.embeds.dtype)).logits
+    grounded = grounding_weight > 0 and pool == 1
+    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn={grounding_layer} if grounded else False)
+    logits = out.logits
     text = batch.text.to(device)
     offset = inputs.length - text.shape[1]  # text starts here; token i is predicted at i - 1
     pred = logits[:, offset - 1 : -1]
@@ -219,6 +276,10 @@ def batch_loss(
     if probe is not None and pool == 1:
         visual = inputs.embeds[inputs.modality == VISUAL]
         loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device), model.embed.weight)
+    if grounded:
+        unit_len = (offset - 1) // batch.pixels.shape[1]
+        mask = grounding_mask(episodes, offset, unit_len, inputs.length).to(device)
+        loss = loss + grounding_weight * grounding_loss(out.attn[grounding_layer][:, 0], mask)
     return loss, acc
 
 
@@ -320,7 +381,7 @@ def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: boo
             episodes = [family_episode(family, "train", tc.seed, step * tc.batch + j, tc) for j in range(tc.batch)]
             model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
-                loss, _ = batch_loss(model, episodes, tok, int(pools[step]) if family != "video" else 1, probe)
+                loss, _ = batch_loss(model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, tc.grounding_weight, tc.grounding_layer)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

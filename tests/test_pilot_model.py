@@ -77,6 +77,16 @@ def test_attention_weights_on_demand_match_the_fast_path(model):
     assert float(w.triu(1).abs().max()) == 0.0  # causal
 
 
+def test_attention_weights_of_chosen_layers_only(model):
+    inputs = prompt(model)
+    with torch.no_grad():
+        every = model(inputs, need_attn=True)
+        one = model(inputs, need_attn={1})
+    torch.testing.assert_close(one.logits, every.logits, atol=1e-5, rtol=1e-5)
+    assert [w is None for w in one.attn] == [i != 1 for i in range(TINY.lm_layers)]
+    torch.testing.assert_close(one.attn[1], every.attn[1])
+
+
 def test_decode_attention_weights_cover_the_cache(model):
     inputs = prompt(model)
     cache = model.new_cache()

@@ -72,6 +72,54 @@ def test_packed_questions_are_trained_as_they_are_evaluated():
     assert len(ep.qas) > 3
 
 
+def test_grounding_marks_the_objects_each_word_is_about():
+    """Every grounded row of the mask sits on a question word that names a colour or shape of the
+    objects it marks, or where a caption's content word is predicted; only visual tokens are marked."""
+    from pilot_experiments.kvcache import VISUAL
+    from pilot_experiments.model import LVLM, config_for
+
+    tok = synthvis.Tokenizer()
+    model = LVLM(config_for("draft", len(tok))).eval()
+    tc = T.train_config("cpu")
+    for family in T.FAMILIES:
+        episodes = [T.family_episode(family, "val", 0, i, tc) for i in range(2)]
+        batch = T.pack(episodes, tok)
+        inputs = model.embed_prompt(batch.pixels, batch.times, batch.text)
+        start = inputs.length - batch.text.shape[1]
+        mask = T.grounding_mask(episodes, start, (start - 1) // batch.pixels.shape[1], inputs.length)
+        assert bool(mask.any(-1).any())
+        assert not bool(mask[:, :, inputs.modality[0] != VISUAL].any())
+        for b, ep in enumerate(episodes):
+            for row in mask[b].any(-1).nonzero().flatten().tolist():
+                here, predicted = (tok.words[int(batch.text[b, i - start])] for i in (row, row + 1))
+                assert tok.word_class(tok.ids[here]) in ("colour", "shape") or tok.is_visual_content(tok.ids[predicted]), (here, predicted)
+            for qa in ep.qas:
+                targets = T.grounding_targets(ep, qa)
+                if qa.kind == "caption":  # the colour word of phrase k points at the k-th object in raster order
+                    objects = sorted(ep.scenes[0].objects, key=lambda o: (o.row, o.col))
+                    for (offset, ((unit, ident),)), slot in zip(targets, synthvis.CAPTION_CONTENT_SLOTS * len(objects)):
+                        obj = next(o for o in ep.scenes[unit].objects if o.ident == ident)
+                        assert obj is objects[offset // synthvis.CAPTION_PHRASE]
+                        if slot == 2:
+                            assert qa.answer[offset] == obj.colour
+                    continue
+                for offset, refs in targets:
+                    word = qa.question[len(qa.question) + offset]
+                    for unit, ident in refs:
+                        obj = next(o for o in ep.scenes[unit].objects if o.ident == ident)
+                        assert word in (obj.colour, obj.shape, synthvis.PLURALS[obj.shape])
+
+
+def test_grounding_loss_falls_as_attention_moves_onto_the_objects():
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[0, 3, [1, 2]] = True
+    uniform = torch.full((1, 4, 6), 1 / 6)
+    focused = torch.zeros(1, 4, 6)
+    focused[0, :, 1] = 1.0
+    assert float(T.grounding_loss(focused, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(T.grounding_loss(uniform, mask)) == pytest.approx(-torch.log(torch.tensor(2 / 6)).item())
+
+
 def test_checkpoint_key_changes_with_the_config():
     a = T.checkpoint_key("draft", T.train_config("smoke"))
     assert a == T.checkpoint_key("draft", T.train_config("smoke"))
