@@ -9,8 +9,9 @@ Each question attends to the pictures and to itself only, from the position righ
 pictures (`isolate_questions`), so training sees exactly what evaluation asks. The loss is
 next-token cross-entropy on answer tokens and their <eos>, plus an alignment loss that makes each
 visual token name its object's attributes in the LM's word embeddings (`PatchProbe`), plus a
-grounding loss that makes one attention head look from each word that names an object, and from
-each caption word, at that object (`grounding_loss`). Data,
+two-hop grounding loss (`grounding_loss`): one attention head looks from each word that names an
+object, and from each caption word, at that object; a head of the next layer looks from each
+answer's <ans> at the question's naming words, so the answer reads what the first hop found. Data,
 initialisation and batch order depend on the seed alone, so a run is repeatable on the same machine.
 
 Studies call `load_or_train(size, preset)`: it returns the cached model when the checkpoint for
@@ -36,7 +37,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "4"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "5"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -62,7 +63,7 @@ class TrainConfig:
     family_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)  # image, multi, video
     pools: tuple[int, ...] = (1,)
     grounding_weight: float = 1.0
-    grounding_layer: int = 1  # early, so the layers above can carry what it finds to the answer
+    grounding_layer: int = 1  # the first hop; the second is the layer above
     eval_every: int = 50
     eval_episodes: int = 60
     bar: dict = field(default_factory=dict)  # metric -> minimum value on the test split
@@ -228,18 +229,36 @@ def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[
     return targets
 
 
+def packed_questions(episodes: list[synthvis.Episode], text_start: int):
+    """(row, episode, qa, position of its <ans> token) for every question `pack` put in the batch."""
+    for b, ep in enumerate(episodes):
+        ans = text_start - 1
+        for qa in ep.qas:
+            ans += len(qa.question) + 1
+            yield b, ep, qa, ans
+            ans += len(qa.answer) + 1
+
+
 def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> torch.Tensor:
     """(B, T, T) bool: for the packed sequences of `pack`, row i marks the visual tokens that
     position i is about (`grounding_targets`); rows of other positions are empty."""
     mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)
-    for b, ep in enumerate(episodes):
-        ans = text_start - 1  # each question's <ans> token, walking the packed questions
-        for qa in ep.qas:
-            ans += len(qa.question) + 1
-            for offset, refs in grounding_targets(ep, qa):
-                for unit, ident in refs:
-                    mask[b, ans + offset, 2 + unit * unit_len + ep.scenes[unit].object_patches(ident)] = True
-            ans += len(qa.answer) + 1
+    for b, ep, qa, ans in packed_questions(episodes, text_start):
+        for offset, refs in grounding_targets(ep, qa):
+            for unit, ident in refs:
+                mask[b, ans + offset, 2 + unit * unit_len + ep.scenes[unit].object_patches(ident)] = True
+    return mask
+
+
+def routing_mask(episodes: list[synthvis.Episode], text_start: int, length: int) -> torch.Tensor:
+    """(B, T, T) bool: the second hop. Row i, the <ans> token of a question (captions excepted),
+    marks the question's words that name its objects, where the first hop found them: the answer
+    reads the object through the words that describe it."""
+    mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)
+    for b, ep, qa, ans in packed_questions(episodes, text_start):
+        if qa.kind != "caption":
+            for offset, _ in grounding_targets(ep, qa):
+                mask[b, ans, ans + offset] = True
     return mask
 
 
@@ -258,14 +277,17 @@ def batch_loss(
     probe_weight: float = 0.5, grounding_weight: float = 0.0, grounding_layer: int = 1,
 ) -> tuple[torch.Tensor, float]:
     """Mean answer-token cross-entropy (plus, at pool 1, the probe's patch loss when a probe is
-    given and the grounding loss of head 0 in LM layer `grounding_layer` when `grounding_weight` >
-    0) and answer-token accuracy (teacher forced)."""
+    given and, when `grounding_weight` > 0, two grounding losses: head 0 of LM layer
+    `grounding_layer` looks from the naming words at their objects (`grounding_mask`), head 0 of
+    the layer above looks from each <ans> at those words (`routing_mask`)) and answer-token
+    accuracy (teacher forced)."""
     device = next(model.parameters()).device
     batch = pack(episodes, tok)
     inputs = model.embed_prompt(batch.pixels.to(device), batch.times.to(device), batch.text.to(device), pool)
     bias = isolate_questions(inputs, batch, model.cfg.lm_kv_heads)
     grounded = grounding_weight > 0 and pool == 1
-    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn={grounding_layer} if grounded else False)
+    hops = (grounding_layer, grounding_layer + 1)
+    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn=set(hops) if grounded else False)
     logits = out.logits
     text = batch.text.to(device)
     offset = inputs.length - text.shape[1]  # text starts here; token i is predicted at i - 1
@@ -278,8 +300,10 @@ def batch_loss(
         loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device), model.embed.weight)
     if grounded:
         unit_len = (offset - 1) // batch.pixels.shape[1]
-        mask = grounding_mask(episodes, offset, unit_len, inputs.length).to(device)
-        loss = loss + grounding_weight * grounding_loss(out.attn[grounding_layer][:, 0], mask)
+        masks = grounding_mask(episodes, offset, unit_len, inputs.length), routing_mask(episodes, offset, inputs.length)
+        for layer, hop in zip(hops, masks):
+            if bool(hop.any()):
+                loss = loss + grounding_weight * grounding_loss(out.attn[layer][:, 0], hop.to(device))
     return loss, acc
 
 

@@ -110,6 +110,33 @@ def test_grounding_marks_the_objects_each_word_is_about():
                         assert word in (obj.colour, obj.shape, synthvis.PLURALS[obj.shape])
 
 
+def test_routing_looks_from_each_answer_at_its_questions_naming_words():
+    """The second hop: every routed row is the <ans> of a non-caption question, and it marks
+    exactly the earlier words of that question that the first hop grounds."""
+    tok = synthvis.Tokenizer()
+    tc = T.train_config("cpu")
+    for family in T.FAMILIES:
+        episodes = [T.family_episode(family, "val", 0, i, tc) for i in range(3)]
+        batch = T.pack(episodes, tok)
+        start = 5  # any number of tokens before the text
+        length = start + batch.text.shape[1]
+        route = T.routing_mask(episodes, start, length)
+        routed = 0
+        for b, ep, qa, ans in T.packed_questions(episodes, start):
+            assert int(batch.text[b, ans - start]) == tok.ans_id
+            if qa.kind == "caption":
+                assert not bool(route[b, ans].any())
+                continue
+            columns = route[b, ans].nonzero().flatten()
+            assert bool((columns < ans).all()) and bool((columns >= ans - len(qa.question)).all())
+            assert columns.tolist() == [ans + offset for offset, _ in T.grounding_targets(ep, qa)]
+            assert all(tok.word_class(int(batch.text[b, i - start])) in ("colour", "shape") for i in columns.tolist())
+            routed += len(columns)
+        assert routed > 0
+        rows = route.any(-1).nonzero()
+        assert all(int(batch.text[b, i - start]) == tok.ans_id for b, i in rows.tolist())
+
+
 def test_grounding_loss_falls_as_attention_moves_onto_the_objects():
     mask = torch.zeros(1, 4, 6, dtype=torch.bool)
     mask[0, 3, [1, 2]] = True
