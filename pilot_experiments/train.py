@@ -10,7 +10,7 @@ pictures (`isolate_questions`), so training sees exactly what evaluation asks. T
 next-token cross-entropy on answer tokens and their <eos>, plus an alignment loss that makes each
 visual token name its object's attributes in the LM's word embeddings (`PatchProbe`), plus a
 two-hop grounding loss (`grounding_loss`): one attention head looks from each word that names an
-object, and from each caption word, at that object; two heads of the next layer look from each
+object, and from each caption word, at that object; a head of the next layer looks from each
 answer's <ans> at the question's naming words, so the answer reads what the first hop found. Data,
 initialisation and batch order depend on the seed alone, so a run is repeatable on the same machine.
 
@@ -37,7 +37,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "6"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "5"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -64,7 +64,6 @@ class TrainConfig:
     pools: tuple[int, ...] = (1,)
     grounding_weight: float = 1.0
     grounding_layer: int = 1  # the first hop; the second is the layer above
-    routing_heads: int = 2  # heads of the second hop: two, so a relation reads both its objects
     eval_every: int = 50
     eval_episodes: int = 60
     bar: dict = field(default_factory=dict)  # metric -> minimum value on the test split
@@ -251,29 +250,23 @@ def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: 
     return mask
 
 
-def routing_mask(episodes: list[synthvis.Episode], text_start: int, length: int, heads: int) -> torch.Tensor:
-    """(B, heads, T, T) bool: the second hop. At the <ans> token of each question (captions
-    excepted), head k marks the question's words that name its k-th named object (cycling through
-    them), where the first hop found that object: the answer reads each object through the words
-    that describe it, a relation's two objects through two heads."""
-    mask = torch.zeros(len(episodes), heads, length, length, dtype=torch.bool)
+def routing_mask(episodes: list[synthvis.Episode], text_start: int, length: int) -> torch.Tensor:
+    """(B, T, T) bool: the second hop. Row i, the <ans> token of a question (captions excepted),
+    marks the question's words that name its objects, where the first hop found them: the answer
+    reads the object through the words that describe it."""
+    mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)
     for b, ep, qa, ans in packed_questions(episodes, text_start):
-        if qa.kind == "caption":
-            continue
-        targets = grounding_targets(ep, qa)
-        named = list(dict.fromkeys(ref for _, refs in targets for ref in refs))
-        for k in range(heads if named else 0):
-            for offset, refs in targets:
-                if named[k % len(named)] in refs:
-                    mask[b, k, ans, ans + offset] = True
+        if qa.kind != "caption":
+            for offset, _ in grounding_targets(ep, qa):
+                mask[b, ans, ans + offset] = True
     return mask
 
 
 def grounding_loss(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean -log of the attention mass (attn (..., T, T), one slice per supervised head) that each
-    grounded query position puts on the keys its mask row marks. Supervised attention, as in Qiao
-    et al. 2018 ("Exploring Human-like Attention Supervision in Visual Question Answering"), with
-    the world's own object masks as the supervision."""
+    """Mean -log of the attention mass (attn (B, T, T), one head) that each grounded position puts
+    on the visual tokens of what it is about. Supervised attention, as in Qiao et al. 2018
+    ("Exploring Human-like Attention Supervision in Visual Question Answering"), with the world's
+    own object masks as the supervision."""
     rows = mask.any(-1)
     mass = (attn * mask).sum(-1)[rows]
     return -torch.log(mass.clamp_min(1e-6)).mean()
@@ -281,13 +274,13 @@ def grounding_loss(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def batch_loss(
     model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None,
-    probe_weight: float = 0.5, grounding_weight: float = 0.0, grounding_layer: int = 1, routing_heads: int = 2,
+    probe_weight: float = 0.5, grounding_weight: float = 0.0, grounding_layer: int = 1,
 ) -> tuple[torch.Tensor, float]:
     """Mean answer-token cross-entropy (plus, at pool 1, the probe's patch loss when a probe is
     given and, when `grounding_weight` > 0, two grounding losses: head 0 of LM layer
-    `grounding_layer` looks from the naming words at their objects (`grounding_mask`), the first
-    `routing_heads` heads of the layer above look from each <ans> at those words (`routing_mask`))
-    and answer-token accuracy (teacher forced)."""
+    `grounding_layer` looks from the naming words at their objects (`grounding_mask`), head 0 of
+    the layer above looks from each <ans> at those words (`routing_mask`)) and answer-token
+    accuracy (teacher forced)."""
     device = next(model.parameters()).device
     batch = pack(episodes, tok)
     inputs = model.embed_prompt(batch.pixels.to(device), batch.times.to(device), batch.text.to(device), pool)
@@ -307,10 +300,10 @@ def batch_loss(
         loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device), model.embed.weight)
     if grounded:
         unit_len = (offset - 1) // batch.pixels.shape[1]
-        masks = grounding_mask(episodes, offset, unit_len, inputs.length)[:, None], routing_mask(episodes, offset, inputs.length, routing_heads)
+        masks = grounding_mask(episodes, offset, unit_len, inputs.length), routing_mask(episodes, offset, inputs.length)
         for layer, hop in zip(hops, masks):
             if bool(hop.any()):
-                loss = loss + grounding_weight * grounding_loss(out.attn[layer][:, : hop.shape[1]], hop.to(device))
+                loss = loss + grounding_weight * grounding_loss(out.attn[layer][:, 0], hop.to(device))
     return loss, acc
 
 
@@ -412,7 +405,7 @@ def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: boo
             episodes = [family_episode(family, "train", tc.seed, step * tc.batch + j, tc) for j in range(tc.batch)]
             model.train()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda"):
-                loss, _ = batch_loss(model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, tc.grounding_weight, tc.grounding_layer, tc.routing_heads)
+                loss, _ = batch_loss(model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, tc.grounding_weight, tc.grounding_layer)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
