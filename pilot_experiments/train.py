@@ -263,8 +263,9 @@ def routing_mask(episodes: list[synthvis.Episode], text_start: int, length: int)
 
 
 def grounding_loss(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean -log of the attention mass (attn (B, T, T), one head) that each grounded position puts
-    on the visual tokens of what it is about. Supervised attention, as in Qiao et al. 2018
+    """Mean -log of the attention mass (attn (B, T, T), one head) that each grounded row of `mask`
+    puts on the positions it marks: an object's visual tokens (first hop) or the question's naming
+    words (second hop). Supervised attention, as in Qiao et al. 2018
     ("Exploring Human-like Attention Supervision in Visual Question Answering"), with the world's
     own object masks as the supervision."""
     rows = mask.any(-1)
