@@ -1,7 +1,7 @@
 """The reference LVLM, end to end in one file.
 
-pixels (units, 3, H, W) --ViT--> patch features --adapter (optional k x k pooling, MLP, place and
-frame-time embedding)--> visual tokens, spliced into the text sequence
+pixels (units, 3, H, W) --ViT--> patch features --adapter (optional k x k pooling, MLP, frame-time
+embedding)--> visual tokens, spliced into the text sequence
 
     <bos> (<img> visual tokens) per image or frame, then question tokens <ans> answer tokens <eos>
 
@@ -194,18 +194,11 @@ class VisionEncoder(nn.Module):
 
 class Adapter(nn.Module):
     """Optional k x k average pooling of the patch grid (so the visual tokens per image can vary),
-    then an MLP into the LM width, plus a stamp of where and when the token is: an embedding of its
-    place in the picture (row and column as fractions of the grid, so any grid size shares it) and
-    of the frame time. The place rides in the token itself, so an attention head that gathers an
-    object's tokens also gathers where the object is (RoPE in the LM only steers which tokens a
-    head reads, never what it reads)."""
-
-    PLACE_PERIOD = 100.0  # the slowest place feature turns 1/100 of a circle per grid side: almost linear
+    then an MLP into the LM width, plus an embedding of the frame time."""
 
     def __init__(self, cfg: LVLMConfig) -> None:
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(cfg.vit_dim, cfg.lm_dim), nn.GELU(), nn.Linear(cfg.lm_dim, cfg.lm_dim))
-        self.place = nn.Linear(cfg.lm_dim, cfg.lm_dim)
         self.time = nn.Linear(cfg.lm_dim, cfg.lm_dim)
         self.max_time = cfg.max_frame_time
 
@@ -216,18 +209,8 @@ class Adapter(nn.Module):
             g = feats.transpose(1, 2).reshape(n, d, *grid)
             feats = F.avg_pool2d(g, pool).flatten(2).transpose(1, 2)
         x = self.mlp(feats)
-        return x + self.stamp((grid[0] // pool, grid[1] // pool), times).to(x.dtype)
-
-    def stamp(self, grid: tuple[int, int], times: torch.Tensor) -> torch.Tensor:
-        """(n, gh*gw, lm_dim): the place and time embedding `forward` adds to each token of a
-        (gh, gw) grid in each of n units at `times` (n,)."""
-        d, dtype, device = self.place.in_features, self.place.weight.dtype, times.device
-        rows, cols = ((torch.arange(n, device=device) + 0.5) / n * 2 * math.pi for n in grid)  # one turn per grid side
-        rows, cols = torch.meshgrid(rows, cols, indexing="ij")
-        where = torch.cat([sinusoid(rows.flatten(), d // 2, self.PLACE_PERIOD), sinusoid(cols.flatten(), d // 2, self.PLACE_PERIOD)], dim=-1)
-        place = self.place(where.to(dtype))
-        time = self.time(sinusoid(times, d, self.max_time).to(dtype))
-        return place.unsqueeze(0) + time.unsqueeze(1)
+        t = self.time(sinusoid(times, x.shape[-1], self.max_time).to(x.dtype))
+        return x + t.unsqueeze(1)
 
 
 # ----------------------------------------------------------------------------- language model

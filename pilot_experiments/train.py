@@ -37,7 +37,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "7"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "5"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -297,10 +297,7 @@ def batch_loss(
     loss = F.cross_entropy(pred[mask].float(), text[mask])
     acc = (pred[mask].argmax(-1) == text[mask]).float().mean().item()
     if probe is not None and pool == 1:
-        # the probe scores what each patch shows, not where or when it is
-        grid = (batch.pixels.shape[-2] // model.cfg.patch_px, batch.pixels.shape[-1] // model.cfg.patch_px)
-        stamp = model.adapter.stamp(grid, batch.times.flatten().to(device)).flatten(0, 1)
-        visual = inputs.embeds[inputs.modality == VISUAL] - stamp
+        visual = inputs.embeds[inputs.modality == VISUAL]
         loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device), model.embed.weight)
     if grounded:
         unit_len = (offset - 1) // batch.pixels.shape[1]

@@ -45,23 +45,6 @@ def test_adapter_pooling_reduces_visual_tokens(model):
     assert model.encode_visual(pixels, torch.zeros(3), pool=2).shape == (3, 16, TINY.lm_dim)
 
 
-def test_visual_tokens_carry_their_place_as_a_fraction_of_the_grid(model):
-    """The stamp depends on where a token sits as a fraction of its grid, so a 2x2 and a 6x6 grid
-    agree at the same spot; the tokens are the adapter's content plus that stamp exactly, which is
-    what the training probe relies on when it takes the stamp away."""
-    times = torch.tensor([3.0])
-    coarse, fine = model.adapter.stamp((2, 2), times), model.adapter.stamp((6, 6), times)
-    assert coarse.shape == (1, 4, TINY.lm_dim) and fine.shape == (1, 36, TINY.lm_dim)
-    torch.testing.assert_close(coarse[0, 0], fine[0, 1 * 6 + 1])  # both at (0.25, 0.25) of the picture
-    torch.testing.assert_close(coarse[0, 3], fine[0, 4 * 6 + 4])  # both at (0.75, 0.75)
-    assert not torch.allclose(coarse[0, 1], coarse[0, 2])  # (0.25, 0.75) and (0.75, 0.25) differ
-    pixels = torch.rand(1, 3, 16, 16)
-    with torch.no_grad():
-        content = model.adapter.mlp(model.vision(pixels))
-        tokens = model.encode_visual(pixels, times)
-        torch.testing.assert_close(tokens - model.adapter.stamp((4, 4), times), content)
-
-
 def test_image_not_multiple_of_patch_is_rejected(model):
     with pytest.raises(ModelError, match="multiple"):
         model.encode_visual(torch.rand(1, 3, 18, 18), torch.zeros(1))
@@ -131,7 +114,7 @@ def test_presets_have_the_promised_sizes():
     vocab = len(synthvis.Tokenizer())
     counts = {name: LVLM(config_for(name, vocab)).param_counts()["total"] for name in ("draft", "target")}
     assert 0.8e6 <= counts["draft"] <= 3e6
-    assert counts["target"] >= 2.5 * counts["draft"]  # 3.0x as configured
+    assert counts["target"] >= 3 * counts["draft"]
     assert set(CONFIGS) >= {"draft", "target", "large"}
     with pytest.raises(ModelError, match="unknown model size"):
         config_for("huge", vocab)

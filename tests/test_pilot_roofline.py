@@ -153,9 +153,7 @@ def test_reference_entries_mirror_the_model_configs(size):
     def matrices(module):
         return sum(p.numel() for p in module.parameters() if p.dim() == 2)
 
-    # the place and time embeddings are per grid and per frame, not per token: the roofline leaves them out
-    stamp = model.adapter.place.weight.numel() + model.adapter.time.weight.numel()
-    vision_and_adapter = matrices(model.vision) + matrices(model.adapter) - stamp
+    vision_and_adapter = matrices(model.vision) + matrices(model.adapter) - model.adapter.time.weight.numel()
     assert roofline.vision_params(shape) == vision_and_adapter
     # The LM head is tied to the embedding table: count it once, as the roofline does.
     assert roofline.llm_params(shape) == matrices(model.blocks) + model.embed.weight.numel()
