@@ -45,6 +45,12 @@ class LVLMConfig:
     rope_theta: float = 10000.0
     max_frame_time: float = 20000.0
     norm_eps: float = 1e-5
+    # token ids of the words that name the picture's bands, top to bottom and left to right
+    # (SynthVis: top/middle/bottom, left/centre/right); empty: visual tokens carry no place words
+    place_words: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+
+    def __post_init__(self) -> None:  # a config read back from JSON holds lists
+        object.__setattr__(self, "place_words", tuple(tuple(ids) for ids in self.place_words))
 
     @property
     def head_dim(self) -> int:
@@ -142,6 +148,15 @@ class SwiGLU(nn.Module):
 
 def _hidden(dim: int) -> int:
     return 32 * math.ceil(dim * 8 / 3 / 32)
+
+
+def _band_weights(cells: int, bands: int, device) -> torch.Tensor:
+    """(cells, bands): linear interpolation weights of each cell centre between the centres of
+    `bands` equal bands of a line of `cells` cells (clamped at the ends); rows sum to 1."""
+    x = (torch.arange(cells, device=device, dtype=torch.float32) + 0.5) / cells
+    centres = (torch.arange(bands, device=device, dtype=torch.float32) + 0.5) / bands
+    x = x.clamp(float(centres[0]), float(centres[-1]))
+    return (1 - (x[:, None] - centres[None, :]).abs() * bands).clamp_min(0)
 
 
 # ----------------------------------------------------------------------------- vision
@@ -302,8 +317,23 @@ class LVLM(nn.Module):
     def encode_visual(self, pixels: torch.Tensor, times: torch.Tensor, pool: int = 1) -> torch.Tensor:
         """pixels (n, 3, H, W), times (n,) -> visual tokens (n, Np, lm_dim)."""
         p = self.cfg.patch_px
-        feats = self.vision(pixels)
-        return self.adapter(feats, (pixels.shape[2] // p, pixels.shape[3] // p), times, pool)
+        grid = (pixels.shape[2] // p, pixels.shape[3] // p)
+        tokens = self.adapter(self.vision(pixels), grid, times, pool)
+        return tokens + self.place_embedding((grid[0] // pool, grid[1] // pool)).to(tokens.dtype)
+
+    def place_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
+        """(gh*gw, lm_dim): what each visual token of a (gh, gw) grid adds to say where it is, in the
+        LM's own words: the embeddings of the `place_words` of its row and column, blended linearly
+        between the bands' centres, so that the mean over an object's tokens names the band of the
+        object's centre. An attention head that gathers an object's tokens then reads its place the
+        way it reads its colour, through the tied embeddings (as location tokens do in Kosmos-2,
+        Peng et al. 2023, "Grounding Multimodal Large Language Models to the World"); RoPE alone
+        only steers which tokens a head reads, never what it reads. Zeros without place words."""
+        table = self.embed.weight
+        if not all(self.cfg.place_words):
+            return table.new_zeros(grid[0] * grid[1], table.shape[1])
+        bands = [_band_weights(n, len(ids), table.device) @ table[list(ids)] for n, ids in zip(grid, self.cfg.place_words)]
+        return (bands[0][:, None] + bands[1][None, :]).flatten(0, 1)
 
     def embed_prompt(self, pixels: torch.Tensor, times: torch.Tensor, text_ids: torch.Tensor, pool: int = 1, start: int = 0) -> Inputs:
         """Lay out `<bos> (<img> visual tokens)* text` for a batch.

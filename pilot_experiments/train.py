@@ -37,7 +37,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "5"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "7"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -90,6 +90,13 @@ def train_config(preset: str, **overrides) -> TrainConfig:
     if preset not in PRESETS:
         raise TrainingError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     return replace(PRESETS[preset], **overrides)
+
+
+def model_config(size: str) -> LVLMConfig:
+    """`size`'s config over the SynthVis vocabulary, its visual tokens carrying the words that
+    name their row and column band (`LVLM.place_embedding`)."""
+    tok = synthvis.Tokenizer()
+    return replace(config_for(size, len(tok)), place_words=(tuple(tok.encode(list(synthvis.ROWS))), tuple(tok.encode(list(synthvis.COLS)))))
 
 
 # ----------------------------------------------------------------------------- data
@@ -297,7 +304,9 @@ def batch_loss(
     loss = F.cross_entropy(pred[mask].float(), text[mask])
     acc = (pred[mask].argmax(-1) == text[mask]).float().mean().item()
     if probe is not None and pool == 1:
-        visual = inputs.embeds[inputs.modality == VISUAL]
+        # the probe scores what each patch shows, not the place words it carries
+        place = model.place_embedding((batch.pixels.shape[-2] // model.cfg.patch_px, batch.pixels.shape[-1] // model.cfg.patch_px))
+        visual = (inputs.embeds[inputs.modality == VISUAL].unflatten(0, (-1, place.shape[0])) - place).flatten(0, 1)
         loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device), model.embed.weight)
     if grounded:
         unit_len = (offset - 1) // batch.pixels.shape[1]
@@ -382,7 +391,7 @@ class TrainResult:
 def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: bool = True) -> TrainResult:
     """Train `size` from scratch with `tc`; deterministic for a given seed and machine."""
     tok = synthvis.Tokenizer()
-    cfg = config_for(size, len(tok))
+    cfg = model_config(size)
     torch.manual_seed(tc.seed)
     model = LVLM(cfg).to(device)
     probe = PatchProbe(cfg.lm_dim, tok).to(device)
@@ -438,7 +447,7 @@ def cache_dir() -> Path:
 
 
 def checkpoint_key(size: str, tc: TrainConfig) -> str:
-    cfg = config_for(size, len(synthvis.Tokenizer()))
+    cfg = model_config(size)
     blob = json.dumps({"model": cfg.to_dict(), "train": tc.to_dict(), "code": CODE_VERSION}, sort_keys=True)
     return f"{size}-{tc.preset}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 

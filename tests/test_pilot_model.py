@@ -1,5 +1,6 @@
 """The reference LVLM: shapes, cached decoding equal to full recomputation, attention on demand."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,6 +44,32 @@ def test_adapter_pooling_reduces_visual_tokens(model):
     pixels = torch.rand(3, 3, 32, 32)
     assert model.encode_visual(pixels, torch.zeros(3), pool=1).shape == (3, 64, TINY.lm_dim)
     assert model.encode_visual(pixels, torch.zeros(3), pool=2).shape == (3, 16, TINY.lm_dim)
+
+
+def test_visual_tokens_carry_the_words_of_their_place():
+    """Averaged over an object's patches, the place embedding weighs the words of the object's
+    row and column band the most, whatever the grid; without place words it adds nothing."""
+    from dataclasses import replace
+
+    from pilot_experiments.train import model_config
+
+    tok = synthvis.Tokenizer()
+    torch.manual_seed(0)
+    model = LVLM(model_config("draft")).eval()
+    rows, cols = (torch.tensor(ids) for ids in model.cfg.place_words)
+    assert tok.decode(rows) == "top middle bottom" and tok.decode(cols) == "left centre right"
+    table = model.embed.weight.detach()
+    for grid in (8, 16, 24):
+        place = model.place_embedding((grid, grid)).detach().view(grid, grid, -1)
+        for obj in synthvis.random_scene(np.random.default_rng(grid), grid, grid // 4).objects:
+            mean = place[obj.row : obj.row + obj.side, obj.col : obj.col + obj.side].mean((0, 1))
+            # solve mean = a @ E[rows] + b @ E[cols] for the blend weights a, b
+            weights = torch.linalg.lstsq(torch.cat([table[rows], table[cols]]).T, mean[:, None]).solution.squeeze(1)
+            row, col = synthvis.Scene(grid, (obj,)).region(obj)
+            assert synthvis.ROWS[int(weights[:3].argmax())] == row and synthvis.COLS[int(weights[3:].argmax())] == col
+            torch.testing.assert_close(weights.sum(), torch.tensor(2.0))
+    bare = LVLM(replace(model.cfg, place_words=((), ())))
+    assert not bare.place_embedding((4, 4)).any()
 
 
 def test_image_not_multiple_of_patch_is_rejected(model):
