@@ -332,7 +332,10 @@ class LVLM(nn.Module):
         table = self.embed.weight
         if not all(self.cfg.place_words):
             return table.new_zeros(grid[0] * grid[1], table.shape[1])
-        bands = [_band_weights(n, len(ids), table.device) @ table[list(ids)] for n, ids in zip(grid, self.cfg.place_words)]
+        # each word at RMS 1 per dimension, the scale of a token after RMSNorm: at the words' own
+        # scale the place is a few per cent of a visual token, and the LM never learns to read it
+        words = [F.normalize(table[list(ids)], dim=-1) * math.sqrt(table.shape[1]) for ids in self.cfg.place_words]
+        bands = [_band_weights(n, len(w), table.device) @ w for n, w in zip(grid, words)]
         return (bands[0][:, None] + bands[1][None, :]).flatten(0, 1)
 
     def embed_prompt(self, pixels: torch.Tensor, times: torch.Tensor, text_ids: torch.Tensor, pool: int = 1, start: int = 0) -> Inputs:

@@ -63,8 +63,9 @@ def test_visual_tokens_carry_the_words_of_their_place():
         place = model.place_embedding((grid, grid)).detach().view(grid, grid, -1)
         for obj in synthvis.random_scene(np.random.default_rng(grid), grid, grid // 4).objects:
             mean = place[obj.row : obj.row + obj.side, obj.col : obj.col + obj.side].mean((0, 1))
-            # solve mean = a @ E[rows] + b @ E[cols] for the blend weights a, b
-            weights = torch.linalg.lstsq(torch.cat([table[rows], table[cols]]).T, mean[:, None]).solution.squeeze(1)
+            # solve mean = a @ rows + b @ cols (the words at unit RMS) for the blend weights a, b
+            words = torch.nn.functional.normalize(torch.cat([table[rows], table[cols]]), dim=-1) * model.cfg.lm_dim**0.5
+            weights = torch.linalg.lstsq(words.T, mean[:, None]).solution.squeeze(1)
             row, col = synthvis.Scene(grid, (obj,)).region(obj)
             assert synthvis.ROWS[int(weights[:3].argmax())] == row and synthvis.COLS[int(weights[3:].argmax())] == col
             torch.testing.assert_close(weights.sum(), torch.tensor(2.0))
