@@ -1,7 +1,8 @@
 """The reference LVLM, end to end in one file.
 
 pixels (units, 3, H, W) --ViT--> patch features --adapter (optional k x k pooling, MLP, frame-time
-embedding)--> visual tokens, spliced into the text sequence
+embedding)--> visual tokens, each plus the embeddings of the words that name its place (optional,
+`place_embedding`), spliced into the text sequence
 
     <bos> (<img> visual tokens) per image or frame, then question tokens <ans> answer tokens <eos>
 
