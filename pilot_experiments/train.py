@@ -8,11 +8,12 @@ seeded schedule, and packs every question of an episode into one sequence after 
 Each question attends to the pictures and to itself only, from the position right after the
 pictures (`isolate_questions`), so training sees exactly what evaluation asks. The loss is
 next-token cross-entropy on answer tokens and their <eos>, plus an alignment loss that makes each
-visual token name its object's attributes in the LM's word embeddings (`PatchProbe`), plus a
-two-hop grounding loss (`grounding_loss`): one attention head looks from each word that names an
-object, and from each caption word, at that object; a head of the next layer looks from each
-answer's <ans> at the question's naming words, so the answer reads what the first hop found. Data,
-initialisation and batch order depend on the seed alone, so a run is repeatable on the same machine.
+visual token name its object's attributes in the LM's word embeddings (`PatchProbe`; the words of
+the token's place the model adds itself, `model_config`), plus a two-hop grounding loss
+(`grounding_loss`): one attention head looks from each word that names an object, and from each
+caption word, at that object; a head of the next layer looks from each answer's <ans> at the
+question's naming words, so the answer reads what the first hop found. Data, initialisation and
+batch order depend on the seed alone, so a run is repeatable on the same machine.
 
 Studies call `load_or_train(size, preset)`: it returns the cached model when the checkpoint for
 this (model config, training config, CODE_VERSION) exists, and trains it otherwise.
