@@ -59,12 +59,12 @@ def test_visual_tokens_carry_the_words_of_their_place():
     rows, cols = (torch.tensor(ids) for ids in model.cfg.place_words)
     assert tok.decode(rows) == "top middle bottom" and tok.decode(cols) == "left centre right"
     table = model.embed.weight.detach()
+    words = torch.nn.functional.normalize(torch.cat([table[rows], table[cols]]), dim=-1) * model.cfg.lm_dim**0.5  # at unit RMS
     for grid in (8, 16, 24):
         place = model.place_embedding((grid, grid)).detach().view(grid, grid, -1)
         for obj in synthvis.random_scene(np.random.default_rng(grid), grid, grid // 4).objects:
             mean = place[obj.row : obj.row + obj.side, obj.col : obj.col + obj.side].mean((0, 1))
-            # solve mean = a @ rows + b @ cols (the words at unit RMS) for the blend weights a, b
-            words = torch.nn.functional.normalize(torch.cat([table[rows], table[cols]]), dim=-1) * model.cfg.lm_dim**0.5
+            # solve mean = a @ rows + b @ cols for the blend weights a, b
             weights = torch.linalg.lstsq(words.T, mean[:, None]).solution.squeeze(1)
             row, col = synthvis.Scene(grid, (obj,)).region(obj)
             assert synthvis.ROWS[int(weights[:3].argmax())] == row and synthvis.COLS[int(weights[3:].argmax())] == col
