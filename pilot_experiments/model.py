@@ -9,13 +9,14 @@ embedding)--> visual tokens, each plus the embeddings of the words that name its
 and read by a decoder-only LM: RoPE, grouped-query attention through
 `scaled_dot_product_attention`, RMSNorm, SwiGLU, tied embeddings. Prefill and decode go through an
 explicit `KVCache` (kvcache.py). With `need_attn=True` every layer also returns its attention
-weights per query head, computed explicitly (slower; the default path never materialises them).
+weights per query head, computed explicitly (slower; the default path never materialises them);
+`need_attn={layer: heads}` computes just those heads' weights, beside the fast path.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -97,8 +98,8 @@ class Inputs:
 
 @dataclass
 class Output:
-    """logits (batch, T, vocab); attn: per layer (batch, heads, T, L) weights when asked (None for
-    the layers not asked), else None;
+    """logits (batch, T, vocab); attn: per layer (batch, heads asked, T, L) weights when asked
+    (None for the layers not asked), else None;
     hidden: the final normed hidden states (batch, T, lm_dim)."""
 
     logits: torch.Tensor
@@ -258,17 +259,24 @@ class Attention(nn.Module):
         if mask is not None:
             mask = mask.to(q.dtype).repeat_interleave(group, dim=1)
         weights = None
-        if need_attn:
+        if need_attn is True:
             kk, vv = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            scores = (q.float() @ kk.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
-            if mask is None:
-                mask = torch.zeros_like(scores).masked_fill_(~torch.ones_like(scores, dtype=torch.bool).tril(scores.shape[-1] - t), float("-inf"))
-            weights = torch.softmax(scores + mask.float(), dim=-1)
+            weights = self._weights(q, kk, mask, t)
             out = (weights @ vv.float()).to(q.dtype)
         else:
             causal = mask is None and t > 1
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+            if need_attn:  # just these query heads' weights, beside the fast path's output
+                heads = torch.tensor(list(need_attn), device=x.device)
+                weights = self._weights(q[:, heads], k[:, heads // group], None if mask is None else mask[:, heads], t)
         return self.o(out.transpose(1, 2).reshape(b, t, -1)), weights
+
+    def _weights(self, q, k, mask, t):
+        """softmax(q k^T / sqrt(d) + mask) in fp32, causal over the last `t` keys when `mask` is None."""
+        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if mask is None:
+            mask = torch.zeros_like(scores).masked_fill_(~torch.ones_like(scores, dtype=torch.bool).tril(scores.shape[-1] - t), float("-inf"))
+        return torch.softmax(scores + mask.float(), dim=-1)
 
 
 class Block(nn.Module):
@@ -373,17 +381,18 @@ class LVLM(nn.Module):
         return Inputs(self.embed(token_ids), positions, modality, torch.full_like(token_ids, -1), token_ids)
 
     # -- running --------------------------------------------------------------------------------
-    def forward(self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool | Collection[int] = False) -> Output:
+    def forward(self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool | Mapping[int, Sequence[int]] = False) -> Output:
         """Run the LM over `inputs`. Without a cache: causal attention over the sequence, plus an
         optional additive `attn_bias` (batch, kv_heads, T, T), or a list of one per layer. With a
         cache: the new entries are appended and attention covers every valid cached entry.
-        `need_attn`: True for every layer's attention weights, or the indices of the layers whose
-        weights are wanted (None in `Output.attn` for the others, which keep the fast path)."""
+        `need_attn`: True for every layer's attention weights, or {layer: query heads} for just
+        those heads' weights (batch, len(heads), T, L), computed beside the fast path; None in
+        `Output.attn` for the layers not asked."""
         x = inputs.embeds
         attn = [] if need_attn else None
         for i, block in enumerate(self.blocks):
             bias = attn_bias[i] if isinstance(attn_bias, (list, tuple)) else attn_bias
-            wanted = need_attn if isinstance(need_attn, bool) else i in need_attn
+            wanted = need_attn if isinstance(need_attn, bool) else need_attn.get(i, ())
             x, weights = block(x, inputs, None if cache is None else cache[i], bias, wanted)
             if need_attn:
                 attn.append(weights)

@@ -38,7 +38,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "7"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "8"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -220,11 +220,14 @@ def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[
     point at that object. In a question, each word that names a colour or shape of an object the
     question refers to (negative offsets) points at those objects, a video's object at the frame of
     its event: the model finds an object by its description where the description is, and the
-    answer reads it from there. A count of zero points nowhere."""
+    answer reads it from there. The shape of a count of zero points at no object (an empty tuple):
+    `grounding_mask` sends it to <bos>, so "nothing" is a place the answer can read too."""
     if qa.kind == "caption":
         unit = qa.objects[0][0] if qa.objects else 0
         objects = sorted(episode.scenes[unit].objects, key=lambda o: (o.row, o.col))
         return [(synthvis.CAPTION_PHRASE * k + slot, ((unit, o.ident),)) for k, o in enumerate(objects) for slot in synthvis.CAPTION_CONTENT_SLOTS]
+    if qa.kind == "count" and not qa.objects:
+        return [(i - len(qa.question), ()) for i, word in enumerate(qa.question) if word in synthvis.PLURALS.values()]
     refs = qa.objects
     if refs and refs[0][0] == -1:  # video
         refs = tuple((episode.times.index(frame), ident) for (_, ident), frame in zip(refs, qa.event_frames))
@@ -247,15 +250,25 @@ def packed_questions(episodes: list[synthvis.Episode], text_start: int):
             ans += len(qa.answer) + 1
 
 
-def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> torch.Tensor:
+GROUNDING_GROUPS = ("caption", "shape", "colour")  # how a grounded row finds its object
+
+
+def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, T) bool: for the packed sequences of `pack`, row i marks the visual tokens that
-    position i is about (`grounding_targets`); rows of other positions are empty."""
+    position i is about (`grounding_targets`), or <bos> for a count of zero; rows of other
+    positions are empty. And (B, T) long: each grounded row's group, 1 + its index in
+    `GROUNDING_GROUPS` (by caption order, by a shape word, by a colour word), 0 elsewhere."""
     mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)
+    groups = torch.zeros(len(episodes), length, dtype=torch.long)
     for b, ep, qa, ans in packed_questions(episodes, text_start):
         for offset, refs in grounding_targets(ep, qa):
+            group = "caption" if qa.kind == "caption" else "colour" if qa.question[offset] in synthvis.COLOURS else "shape"
+            groups[b, ans + offset] = 1 + GROUNDING_GROUPS.index(group)
+            if not refs:
+                mask[b, ans + offset, 0] = True
             for unit, ident in refs:
                 mask[b, ans + offset, 2 + unit * unit_len + ep.scenes[unit].object_patches(ident)] = True
-    return mask
+    return mask, groups
 
 
 def routing_mask(episodes: list[synthvis.Episode], text_start: int, length: int) -> torch.Tensor:
@@ -270,15 +283,21 @@ def routing_mask(episodes: list[synthvis.Episode], text_start: int, length: int)
     return mask
 
 
-def grounding_loss(attn: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Mean -log of the attention mass (attn (B, T, T), one head) that each grounded row of `mask`
     puts on the positions it marks: an object's visual tokens (first hop) or the question's naming
     words (second hop). Supervised attention, as in Qiao et al. 2018
     ("Exploring Human-like Attention Supervision in Visual Question Answering"), with the world's
-    own object masks as the supervision."""
+    own object masks as the supervision. With `groups` ((B, T), 0 = none), the mean is taken per
+    group and the groups weigh the same: the few rows that find an object by its colour count as
+    much as the many that find it by shape or by caption order. (Measured: with one mean, a
+    trained target's first hop put 0.30 of its mass on the object a colour word names, against
+    0.99 for a shape word.)"""
     rows = mask.any(-1)
-    mass = (attn * mask).sum(-1)[rows]
-    return -torch.log(mass.clamp_min(1e-6)).mean()
+    loss = -torch.log((attn * mask).sum(-1).clamp_min(1e-6))
+    if groups is None:
+        return loss[rows].mean()
+    return torch.stack([loss[rows & (groups == g)].mean() for g in groups[rows].unique()]).mean()
 
 
 def batch_loss(
@@ -296,7 +315,7 @@ def batch_loss(
     bias = isolate_questions(inputs, batch, model.cfg.lm_kv_heads)
     grounded = grounding_weight > 0 and pool == 1
     hops = (grounding_layer, grounding_layer + 1)
-    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn=set(hops) if grounded else False)
+    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn={layer: [0] for layer in hops} if grounded else False)
     logits = out.logits
     text = batch.text.to(device)
     offset = inputs.length - text.shape[1]  # text starts here; token i is predicted at i - 1
@@ -311,10 +330,11 @@ def batch_loss(
         loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device), model.embed.weight)
     if grounded:
         unit_len = (offset - 1) // batch.pixels.shape[1]
-        masks = grounding_mask(episodes, offset, unit_len, inputs.length), routing_mask(episodes, offset, inputs.length)
-        for layer, hop in zip(hops, masks):
+        first, groups = grounding_mask(episodes, offset, unit_len, inputs.length)
+        second = routing_mask(episodes, offset, inputs.length)
+        for layer, hop, hop_groups in ((hops[0], first, groups), (hops[1], second, None)):
             if bool(hop.any()):
-                loss = loss + grounding_weight * grounding_loss(out.attn[layer][:, 0], hop.to(device))
+                loss = loss + grounding_weight * grounding_loss(out.attn[layer][:, 0], hop.to(device), None if hop_groups is None else hop_groups.to(device))
     return loss, acc
 
 

@@ -105,14 +105,19 @@ def test_attention_weights_on_demand_match_the_fast_path(model):
     assert float(w.triu(1).abs().max()) == 0.0  # causal
 
 
-def test_attention_weights_of_chosen_layers_only(model):
+def test_attention_weights_of_chosen_layers_and_heads_only(model):
     inputs = prompt(model)
-    with torch.no_grad():
-        every = model(inputs, need_attn=True)
-        one = model(inputs, need_attn={1})
-    torch.testing.assert_close(one.logits, every.logits, atol=1e-5, rtol=1e-5)
-    assert [w is None for w in one.attn] == [i != 1 for i in range(TINY.lm_layers)]
-    torch.testing.assert_close(one.attn[1], every.attn[1])
+    heads = [TINY.lm_heads - 1, 0]  # one from each kv group, out of order
+    bias = torch.zeros(1, TINY.lm_kv_heads, inputs.length, inputs.length)
+    bias[:, 1, :, 3:6] = float("-inf")  # the second kv group may not see entries 3 to 5
+    for attn_bias in (None, bias):
+        with torch.no_grad():
+            every = model(inputs, attn_bias=attn_bias, need_attn=True)
+            chosen = model(inputs, attn_bias=attn_bias, need_attn={1: heads})
+        torch.testing.assert_close(chosen.logits, every.logits, atol=1e-5, rtol=1e-5)
+        assert [w is None for w in chosen.attn] == [i != 1 for i in range(TINY.lm_layers)]
+        torch.testing.assert_close(chosen.attn[1], every.attn[1][:, heads])
+    assert float(chosen.attn[1][:, 0, 6:, 3:6].sum()) == 0.0 and float(chosen.attn[1][:, 1, 6:, 3:6].sum()) > 0
 
 
 def test_decode_attention_weights_cover_the_cache(model):

@@ -74,7 +74,8 @@ def test_packed_questions_are_trained_as_they_are_evaluated():
 
 def test_grounding_marks_the_objects_each_word_is_about():
     """Every grounded row of the mask sits on a question word that names a colour or shape of the
-    objects it marks, or where a caption's content word is predicted; only visual tokens are marked."""
+    objects it marks, or where a caption's content word is predicted, and is in the group that says
+    which; only visual tokens are marked, or <bos> alone for a count of zero."""
     from pilot_experiments.kvcache import VISUAL
     from pilot_experiments.model import LVLM, config_for
 
@@ -86,13 +87,23 @@ def test_grounding_marks_the_objects_each_word_is_about():
         batch = T.pack(episodes, tok)
         inputs = model.embed_prompt(batch.pixels, batch.times, batch.text)
         start = inputs.length - batch.text.shape[1]
-        mask = T.grounding_mask(episodes, start, (start - 1) // batch.pixels.shape[1], inputs.length)
+        mask, groups = T.grounding_mask(episodes, start, (start - 1) // batch.pixels.shape[1], inputs.length)
         assert bool(mask.any(-1).any())
-        assert not bool(mask[:, :, inputs.modality[0] != VISUAL].any())
+        assert torch.equal(mask.any(-1), groups > 0)
+        on_bos = mask[:, :, 0]
+        assert not bool(mask[:, :, 1:][:, :, inputs.modality[0, 1:] != VISUAL].any())
+        assert not bool(mask[on_bos][:, 1:].any())  # <bos> is marked alone
+        assert bool(on_bos.any()) == (family == "image")  # these image episodes ask for a shape that is absent
         for b, ep in enumerate(episodes):
             for row in mask[b].any(-1).nonzero().flatten().tolist():
                 here, predicted = (tok.words[int(batch.text[b, i - start])] for i in (row, row + 1))
-                assert tok.word_class(tok.ids[here]) in ("colour", "shape") or tok.is_visual_content(tok.ids[predicted]), (here, predicted)
+                group = T.GROUNDING_GROUPS[int(groups[b, row]) - 1]
+                if group == "caption":
+                    assert tok.is_visual_content(tok.ids[predicted]), (here, predicted)
+                else:
+                    assert tok.word_class(tok.ids[here]) == group, (here, group)
+                if bool(on_bos[b, row]):
+                    assert here in synthvis.PLURALS.values() and predicted == "are"
             for qa in ep.qas:
                 targets = T.grounding_targets(ep, qa)
                 if qa.kind == "caption":  # the colour word of phrase k points at the k-th object in raster order
@@ -103,6 +114,8 @@ def test_grounding_marks_the_objects_each_word_is_about():
                         if slot == 2:
                             assert qa.answer[offset] == obj.colour
                     continue
+                if qa.kind == "count" and qa.answer == ("zero",):
+                    assert [qa.question[offset] for offset, refs in targets if not refs] == [qa.question[2]]
                 for offset, refs in targets:
                     word = qa.question[len(qa.question) + offset]
                     for unit, ident in refs:
@@ -145,6 +158,19 @@ def test_grounding_loss_falls_as_attention_moves_onto_the_objects():
     focused[0, :, 1] = 1.0
     assert float(T.grounding_loss(focused, mask)) == pytest.approx(0.0, abs=1e-6)
     assert float(T.grounding_loss(uniform, mask)) == pytest.approx(-torch.log(torch.tensor(2 / 6)).item())
+
+
+def test_grounding_groups_weigh_the_same_however_many_rows_they_have():
+    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
+    mask[0, :3, 1] = True  # three rows of one group find their object
+    mask[0, 3, 2] = True  # one row of another group misses its own
+    attn = torch.zeros(1, 4, 6)
+    attn[0, :, 1] = 0.5
+    attn[0, :, 0] = 0.5
+    lost = -torch.log(torch.tensor(1e-6)).item()
+    half = -torch.log(torch.tensor(0.5)).item()
+    assert float(T.grounding_loss(attn, mask)) == pytest.approx((3 * half + lost) / 4)
+    assert float(T.grounding_loss(attn, mask, torch.tensor([[1, 1, 1, 2]]))) == pytest.approx((half + lost) / 2)
 
 
 def test_checkpoint_key_changes_with_the_config():
