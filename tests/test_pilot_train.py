@@ -160,17 +160,21 @@ def test_grounding_loss_falls_as_attention_moves_onto_the_objects():
     assert float(T.grounding_loss(uniform, mask)) == pytest.approx(-torch.log(torch.tensor(2 / 6)).item())
 
 
-def test_grounding_groups_weigh_the_same_however_many_rows_they_have():
-    mask = torch.zeros(1, 4, 6, dtype=torch.bool)
-    mask[0, :3, 1] = True  # three rows of one group find their object
-    mask[0, 3, 2] = True  # one row of another group misses its own
-    attn = torch.zeros(1, 4, 6)
+def test_grounding_captions_and_questions_weigh_the_same_and_so_do_the_question_groups():
+    caption, shape, colour = (1 + T.GROUNDING_GROUPS.index(g) for g in ("caption", "shape", "colour"))
+    mask = torch.zeros(1, 6, 6, dtype=torch.bool)
+    mask[0, :5, 1] = True  # three caption rows and two shape-word rows find their object
+    mask[0, 5, 2] = True  # one colour-word row misses its own
+    attn = torch.zeros(1, 6, 6)
     attn[0, :, 1] = 0.5
     attn[0, :, 0] = 0.5
     lost = -torch.log(torch.tensor(1e-6)).item()
     half = -torch.log(torch.tensor(0.5)).item()
-    assert float(T.grounding_loss(attn, mask)) == pytest.approx((3 * half + lost) / 4)
-    assert float(T.grounding_loss(attn, mask, torch.tensor([[1, 1, 1, 2]]))) == pytest.approx((half + lost) / 2)
+    assert float(T.grounding_loss(attn, mask)) == pytest.approx((5 * half + lost) / 6)
+    groups = torch.tensor([[caption] * 3 + [shape] * 2 + [colour]])
+    assert float(T.grounding_loss(attn, mask, groups)) == pytest.approx((half + (half + lost) / 2) / 2)
+    only_questions = torch.tensor([[shape] * 5 + [colour]])
+    assert float(T.grounding_loss(attn, mask, only_questions)) == pytest.approx((half + lost) / 2)
 
 
 def test_checkpoint_key_changes_with_the_config():
