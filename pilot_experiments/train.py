@@ -292,15 +292,17 @@ def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor 
     questions weigh the same, and among the questions the few rows that find an object by its
     colour weigh as much as the many that find it by shape. (Measured on trained targets, cpu
     preset: with one mean over all rows, the first hop put 0.30 of its mass on the object a colour
-    word names, against 0.99 for a shape word; with the three groups weighing the same, 0.90, but
-    caption F1 fell from 0.87 to 0.75.)"""
+    word names, against 0.99 for a shape word; with these weights, 0.97. Caption F1 was 0.87 with
+    one mean, 0.81 with these weights and 0.75 with the three groups weighing the same.)"""
     rows = mask.any(-1)
     loss = -torch.log((attn * mask).sum(-1).clamp_min(1e-6))
     if groups is None:
         return loss[rows].mean()
-    captions = groups == 1 + GROUNDING_GROUPS.index("caption")
+    captions = rows & (groups == 1 + GROUNDING_GROUPS.index("caption"))
     questions = [loss[rows & (groups == g)].mean() for g in groups[rows & ~captions].unique()]
-    parts = ([loss[rows & captions].mean()] if bool((rows & captions).any()) else []) + ([torch.stack(questions).mean()] if questions else [])
+    parts = [loss[captions].mean()] if bool(captions.any()) else []
+    if questions:
+        parts.append(torch.stack(questions).mean())
     return torch.stack(parts).mean()
 
 
