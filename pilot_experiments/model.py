@@ -256,8 +256,9 @@ class Attention(nn.Module):
             layer_cache.append(k, v, inputs.positions, inputs.modality, inputs.frame)
             k, v, mask = layer_cache.read(t)
         group = self.heads // self.kv_heads
-        if mask is not None:
-            mask = mask.to(q.dtype).repeat_interleave(group, dim=1)
+        if mask is not None:  # one mask for every head broadcasts; one per kv head is repeated per query head
+            mask = mask.to(q.dtype)
+            mask = mask if mask.shape[1] == 1 else mask.repeat_interleave(group, dim=1)
         weights = None
         if need_attn is True:
             kk, vv = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
@@ -268,7 +269,8 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
             if need_attn:  # just these query heads' weights, beside the fast path's output
                 heads = torch.tensor(list(need_attn), device=x.device)
-                weights = self._weights(q[:, heads], k[:, heads // group], None if mask is None else mask[:, heads], t)
+                head_mask = None if mask is None else mask if mask.shape[1] == 1 else mask[:, heads]
+                weights = self._weights(q[:, heads], k[:, heads // group], head_mask, t)
         return self.o(out.transpose(1, 2).reshape(b, t, -1)), weights
 
     def _weights(self, q, k, mask, t):
@@ -341,9 +343,12 @@ class LVLM(nn.Module):
         table = self.embed.weight
         if not all(self.cfg.place_words):
             return table.new_zeros(grid[0] * grid[1], table.shape[1])
-        # each word at RMS 1 per dimension, the scale of a token after RMSNorm: at the words' own
-        # scale the place is a few per cent of a visual token, and the LM never learns to read it
-        words = [F.normalize(table[list(ids)], dim=-1) * math.sqrt(table.shape[1]) for ids in self.cfg.place_words]
+        # each word less what the band's words share (learned column words drift to a cosine of
+        # about 0.75 with each other, and what they share says nothing about the place), then at
+        # RMS 1 per dimension, the scale of a token after RMSNorm: at the words' own scale the
+        # place is a few per cent of a visual token, and the LM never learns to read it
+        words = [table[list(ids)] for ids in self.cfg.place_words]
+        words = [F.normalize(w - w.mean(0), dim=-1) * math.sqrt(table.shape[1]) for w in words]
         bands = [_band_weights(n, len(w), table.device) @ w for n, w in zip(grid, words)]
         return (bands[0][:, None] + bands[1][None, :]).flatten(0, 1)
 
@@ -383,7 +388,8 @@ class LVLM(nn.Module):
     # -- running --------------------------------------------------------------------------------
     def forward(self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool | Mapping[int, Sequence[int]] = False) -> Output:
         """Run the LM over `inputs`. Without a cache: causal attention over the sequence, plus an
-        optional additive `attn_bias` (batch, kv_heads, T, T), or a list of one per layer. With a
+        optional additive `attn_bias` (batch, kv_heads, T, T), or (batch, 1, T, T) for every head alike,
+        or a list of one per layer. With a
         cache: the new entries are appended and attention covers every valid cached entry.
         `need_attn`: True for every layer's attention weights, or {layer: query heads} for just
         those heads' weights (batch, len(heads), T, L), computed beside the fast path; None in

@@ -41,6 +41,10 @@ FUNCTION_WORDS = (
 )
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<ans>", "<img>")
 SPLITS = {"train": 0, "val": 1, "test": 2}
+QA_KINDS = (  # every task's `QA.kind`: the caption, single-image VQA, two-image and temporal questions
+    "caption", "colour", "size", "texture", "shape", "count", "relation",
+    "multi-colour", "multi-count", "appear-colour", "vanish-colour", "first",
+)
 
 WORD_CLASSES: dict[str, str] = {
     **{w: "special" for w in SPECIAL_TOKENS},

@@ -7,13 +7,15 @@ seeded schedule, and packs every question of an episode into one sequence after 
 
 Each question attends to the pictures and to itself only, from the position right after the
 pictures (`isolate_questions`), so training sees exactly what evaluation asks. The loss is
-next-token cross-entropy on answer tokens and their <eos>, plus an alignment loss that makes each
-visual token name its object's attributes in the LM's word embeddings (`PatchProbe`; the words of
-the token's place the model adds itself, `model_config`), plus a two-hop grounding loss
+next-token cross-entropy on answer tokens and their <eos> (captions weigh half, and every kind of
+question an equal share of the other half, `caption_half_mean`), plus an alignment loss that makes
+each visual token name its object's attributes in the LM's word embeddings (`PatchProbe`; the words
+of the token's place the model adds itself, `model_config`), plus a three-hop grounding loss
 (`grounding_loss`): one attention head looks from each word that names an object, and from each
-caption word, at that object; a head of the next layer looks from each answer's <ans> at the
-question's naming words, so the answer reads what the first hop found. Data, initialisation and
-batch order depend on the seed alone, so a run is repeatable on the same machine.
+caption word, at that object; two heads of the next layer look from each answer's <ans> at the
+question's first and last naming word; two heads of the layer above that look from <ans> at the objects of the
+first and the last naming word, and the answer reads them there. Data, initialisation and batch
+order depend on the seed alone, so a run is repeatable on the same machine.
 
 Studies call `load_or_train(size, preset)`: it returns the cached model when the checkpoint for
 this (model config, training config, CODE_VERSION) exists, and trains it otherwise.
@@ -38,7 +40,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "9"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "10"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -116,8 +118,9 @@ def family_episode(family: str, split: str, seed: int, index: int, tc: TrainConf
 @dataclass
 class Batch:
     """A packed batch: pixels (B, U, 3, H, W), times (B, U), text ids (B, Tt), loss mask (B, Tt),
-    and for every text token its question's number (`segment`, from 1; 0 on padding) and its
-    position within that question (`offset`)."""
+    and for every text token its question's number (`segment`, from 1; 0 on padding), its
+    position within that question (`offset`) and its question's kind (`kind`, 1 + its index in
+    `synthvis.QA_KINDS`; 0 on padding)."""
 
     pixels: torch.Tensor
     times: torch.Tensor
@@ -125,13 +128,14 @@ class Batch:
     loss_mask: torch.Tensor
     segment: torch.Tensor
     offset: torch.Tensor
+    kind: torch.Tensor
 
 
 def pack(episodes: list[synthvis.Episode], tok: synthvis.Tokenizer) -> Batch:
     """Every question of an episode packed after its pictures, `question <ans> answer <eos>` each."""
     rows = []
     for ep in episodes:
-        ids, mask, segment, offset = [], [], [], []
+        ids, mask, segment, offset, kind = [], [], [], [], []
         for number, qa in enumerate(ep.qas, start=1):
             q = tok.encode(qa.question) + [tok.ans_id]
             a = tok.encode(qa.answer) + [tok.eos_id]
@@ -139,25 +143,25 @@ def pack(episodes: list[synthvis.Episode], tok: synthvis.Tokenizer) -> Batch:
             mask += [False] * len(q) + [True] * len(a)
             segment += [number] * (len(q) + len(a))
             offset += list(range(len(q) + len(a)))
-        rows.append((ids, mask, segment, offset))
+            kind += [1 + synthvis.QA_KINDS.index(qa.kind)] * (len(q) + len(a))
+        rows.append((ids, mask, segment, offset, kind))
     width = max(len(r[0]) for r in rows)
     text = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
     loss_mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    segment = torch.zeros(len(rows), width, dtype=torch.long)
-    offset = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, (ids, mask, seg, off) in enumerate(rows):
+    segment, offset, kind = (torch.zeros(len(rows), width, dtype=torch.long) for _ in range(3))
+    for i, (ids, mask, seg, off, knd) in enumerate(rows):
         text[i, : len(ids)], loss_mask[i, : len(ids)] = torch.tensor(ids), torch.tensor(mask)
-        segment[i, : len(ids)], offset[i, : len(ids)] = torch.tensor(seg), torch.tensor(off)
+        segment[i, : len(ids)], offset[i, : len(ids)], kind[i, : len(ids)] = torch.tensor(seg), torch.tensor(off), torch.tensor(knd)
     pixels = torch.stack([ep.pixels for ep in episodes])
     times = torch.tensor([ep.times for ep in episodes], dtype=torch.long)
-    return Batch(pixels, times, text, loss_mask, segment, offset)
+    return Batch(pixels, times, text, loss_mask, segment, offset, kind)
 
 
-def isolate_questions(inputs, batch: Batch, kv_heads: int) -> torch.Tensor:
+def isolate_questions(inputs, batch: Batch) -> torch.Tensor:
     """Make a packed sequence train exactly what evaluation asks: every question sees the pictures
     and itself, never the other questions or their answers, and starts at the position right
     after the pictures. Rewrites `inputs.positions` and returns the additive attention bias
-    (B, kv_heads, T, T) for `LVLM.forward`."""
+    (B, 1, T, T), the same for every head, for `LVLM.forward`."""
     b, t = inputs.positions.shape
     prefix = t - batch.text.shape[1]
     device = inputs.embeds.device
@@ -165,7 +169,7 @@ def isolate_questions(inputs, batch: Batch, kv_heads: int) -> torch.Tensor:
     inputs.positions = torch.cat([torch.arange(prefix).expand(b, -1), prefix + batch.offset], dim=1).to(device)
     allowed = (segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None])
     bias = torch.zeros(b, t, t, device=device).masked_fill_(~allowed, float("-inf"))
-    return bias[:, None].expand(-1, kv_heads, -1, -1)
+    return bias[:, None]
 
 
 ATTRIBUTES = (("colour", tuple(synthvis.COLOURS)), ("shape", synthvis.SHAPES), ("size", tuple(synthvis.SIZES)), ("texture", synthvis.TEXTURES))
@@ -273,16 +277,61 @@ def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: 
     return mask, groups
 
 
-def routing_mask(episodes: list[synthvis.Episode], text_start: int, length: int) -> torch.Tensor:
-    """(B, T, T) bool: the second hop. Row i, the <ans> token of a question (captions excepted),
-    marks the question's words that name its objects, where the first hop found them: the answer
-    reads the object through the words that describe it."""
-    mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)
+def routing_masks(episodes: list[synthvis.Episode], text_start: int, length: int) -> torch.Tensor:
+    """(2, B, T, T) bool: the second hop. Row i, the <ans> token of a question (captions excepted),
+    marks in mask k the question's first (k = 0) or last (k = 1) word that names its objects, where
+    the first hop found them. Two heads keep the two words apart, so the third hop knows which
+    object is which: in "where is the circle relative to the square ?" head 0 brings "circle" and
+    head 1 "square". (With one head over both words, the third hop put 0.38 of its mass on a
+    relation's objects, against 0.95 and more for one-object questions.)"""
+    masks = torch.zeros(2, len(episodes), length, length, dtype=torch.bool)
     for b, ep, qa, ans in packed_questions(episodes, text_start):
-        if qa.kind != "caption":
-            for offset, _ in grounding_targets(ep, qa):
-                mask[b, ans, ans + offset] = True
-    return mask
+        targets = grounding_targets(ep, qa) if qa.kind != "caption" else []
+        if targets:
+            masks[0, b, ans, ans + targets[0][0]] = True
+            masks[1, b, ans, ans + targets[-1][0]] = True
+    return masks
+
+
+def caption_half_mean(values: torch.Tensor, groups: torch.Tensor, caption: int) -> torch.Tensor:
+    """Mean of `values` (1-D) in which the entries of group `caption` weigh ½ and every other group
+    an equal share of the other ½ (when only one side is present, it weighs everything). Used for
+    both losses that mix captions and questions, so that the rare kinds of question count as much
+    as the common ones and the long captions as much as all the questions."""
+    parts = []
+    if bool((groups == caption).any()):
+        parts.append(values[groups == caption].mean())
+    others = [values[groups == g].mean() for g in groups[groups != caption].unique()]
+    if others:
+        parts.append(torch.stack(others).mean())
+    return torch.stack(parts).mean()
+
+
+def answer_masks(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The third hop, where the answer looks at the picture itself: (2, B, T, T) bool, in which row
+    i, the <ans> token of a question (captions excepted), marks in mask k the visual tokens of the
+    objects its first (k = 0) or last (k = 1) naming word is about (`grounding_targets`; <bos> for
+    a count of zero), so a one-object question reads its object through two heads, and a relation
+    or a "which came first" reads each of its two objects through a head of its own. And (B, T)
+    long: each row's group as in `grounding_mask`, by the kind of word that names its first object.
+    The second hop brings the naming words to <ans>, so <ans> can find the objects as the words
+    did and read them straight from their visual tokens rather than through the words. (Measured
+    on a target trained without it: the first hop put 0.96 of its mass on the object and the
+    second 1.00 on the naming word, yet only 0.62 of the shape answers were right; with it, every
+    shape answer whose two hops found the object was right.)"""
+    masks = torch.zeros(2, len(episodes), length, length, dtype=torch.bool)
+    groups = torch.zeros(len(episodes), length, dtype=torch.long)
+    for b, ep, qa, ans in packed_questions(episodes, text_start):
+        targets = grounding_targets(ep, qa) if qa.kind != "caption" else []
+        if not targets:
+            continue
+        groups[b, ans] = 1 + GROUNDING_GROUPS.index("colour" if qa.question[targets[0][0]] in synthvis.COLOURS else "shape")
+        for k, (_, refs) in enumerate((targets[0], targets[-1])):
+            if not refs:
+                masks[k, b, ans, 0] = True
+            for unit, ident in refs:
+                masks[k, b, ans, 2 + unit * unit_len + ep.scenes[unit].object_patches(ident)] = True
+    return masks, groups
 
 
 def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -292,44 +341,44 @@ def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor 
     ("Exploring Human-like Attention Supervision in Visual Question Answering"), with the world's
     own object masks as the supervision. With `groups` ((B, T), `grounding_mask`'s), captions and
     questions weigh the same, and among the questions the few rows that find an object by its
-    colour weigh as much as the many that find it by shape. (Measured on trained targets, cpu
-    preset: with one mean over all rows, the first hop put 0.30 of its mass on the object a colour
-    word names, against 0.99 for a shape word; with these weights, 0.97. Caption F1 was 0.87 with
-    one mean, 0.81 with these weights and 0.75 with the three groups weighing the same.)"""
+    colour weigh as much as the many that find it by shape (`caption_half_mean`). (Measured on
+    trained targets, cpu preset: with one mean over all rows, the first hop put 0.30 of its mass on
+    the object a colour word names, against 0.99 for a shape word; with these weights, 0.97.
+    Caption F1 was 0.87 with one mean, 0.81 with these weights and 0.75 with the three groups
+    weighing the same.)"""
     rows = mask.any(-1)
     loss = -torch.log((attn * mask).sum(-1).clamp_min(1e-6))
     if groups is None:
         return loss[rows].mean()
-    captions = rows & (groups == 1 + GROUNDING_GROUPS.index("caption"))
-    questions = [loss[rows & (groups == g)].mean() for g in groups[rows & ~captions].unique()]
-    parts = [loss[captions].mean()] if bool(captions.any()) else []
-    if questions:
-        parts.append(torch.stack(questions).mean())
-    return torch.stack(parts).mean()
+    return caption_half_mean(loss[rows], groups[rows], 1 + GROUNDING_GROUPS.index("caption"))
 
 
 def batch_loss(
     model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None,
     probe_weight: float = 0.5, grounding_weight: float = 0.0, grounding_layer: int = 1,
 ) -> tuple[torch.Tensor, float]:
-    """Mean answer-token cross-entropy (plus, at pool 1, the probe's patch loss when a probe is
-    given and, when `grounding_weight` > 0, two grounding losses: head 0 of LM layer
-    `grounding_layer` looks from the naming words at their objects (`grounding_mask`), head 0 of
-    the layer above looks from each <ans> at those words (`routing_mask`)) and answer-token
-    accuracy (teacher forced)."""
+    """Answer-token cross-entropy, captions ½ and each kind of question an equal share of the
+    other ½ (`caption_half_mean`) (plus, at pool 1, the probe's patch loss when a probe is given
+    and, when `grounding_weight` > 0, three grounding losses: head 0 of LM layer `grounding_layer`
+    looks from the naming words at their objects (`grounding_mask`), heads 0 and 1 of the layer
+    above look from each <ans> at the first and the last naming word (`routing_masks`), and
+    heads 0 and 1 of the layer above that look from each <ans> at the objects of the first and last
+    naming word (`answer_masks`))
+    and answer-token accuracy (teacher forced)."""
     device = next(model.parameters()).device
     batch = pack(episodes, tok)
     inputs = model.embed_prompt(batch.pixels.to(device), batch.times.to(device), batch.text.to(device), pool)
-    bias = isolate_questions(inputs, batch, model.cfg.lm_kv_heads)
+    bias = isolate_questions(inputs, batch)
     grounded = grounding_weight > 0 and pool == 1
-    hops = (grounding_layer, grounding_layer + 1)
-    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn={layer: [0] for layer in hops} if grounded else False)
+    hops = {grounding_layer: [0], grounding_layer + 1: [0, 1], grounding_layer + 2: [0, 1]}
+    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn=hops if grounded else False)
     logits = out.logits
     text = batch.text.to(device)
     offset = inputs.length - text.shape[1]  # text starts here; token i is predicted at i - 1
     pred = logits[:, offset - 1 : -1]
     mask = batch.loss_mask.to(device)
-    loss = F.cross_entropy(pred[mask].float(), text[mask])
+    kind = batch.kind.to(device)[mask]
+    loss = caption_half_mean(F.cross_entropy(pred[mask].float(), text[mask], reduction="none"), kind, 1 + synthvis.QA_KINDS.index("caption"))
     acc = (pred[mask].argmax(-1) == text[mask]).float().mean().item()
     if probe is not None and pool == 1:
         # the probe scores what each patch shows, not the place words it carries
@@ -339,10 +388,14 @@ def batch_loss(
     if grounded:
         unit_len = (offset - 1) // batch.pixels.shape[1]
         first, groups = grounding_mask(episodes, offset, unit_len, inputs.length)
-        second = routing_mask(episodes, offset, inputs.length)
-        for layer, hop, hop_groups in ((hops[0], first, groups), (hops[1], second, None)):
-            if bool(hop.any()):
-                loss = loss + grounding_weight * grounding_loss(out.attn[layer][:, 0], hop.to(device), None if hop_groups is None else hop_groups.to(device))
+        second = routing_masks(episodes, offset, inputs.length)
+        third, third_groups = answer_masks(episodes, offset, unit_len, inputs.length)
+        hop_losses = [grounding_loss(out.attn[grounding_layer][:, 0], first.to(device), groups.to(device))]
+        if bool(second.any()):  # the second and third hops: <ans> rows, which captions lack
+            second_attn, third_attn = out.attn[grounding_layer + 1], out.attn[grounding_layer + 2]
+            hop_losses.append(torch.stack([grounding_loss(second_attn[:, head], second[head].to(device)) for head in (0, 1)]).mean())
+            hop_losses.append(torch.stack([grounding_loss(third_attn[:, head], third[head].to(device), third_groups.to(device)) for head in (0, 1)]).mean())
+        loss = loss + grounding_weight * torch.stack(hop_losses).sum()
     return loss, acc
 
 

@@ -59,16 +59,18 @@ def test_visual_tokens_carry_the_words_of_their_place():
     rows, cols = (torch.tensor(ids) for ids in model.cfg.place_words)
     assert tok.decode(rows) == "top middle bottom" and tok.decode(cols) == "left centre right"
     table = model.embed.weight.detach()
-    words = torch.nn.functional.normalize(torch.cat([table[rows], table[cols]]), dim=-1) * model.cfg.lm_dim**0.5  # at unit RMS
+    with torch.no_grad():  # pull the column words together, as training does
+        model.embed.weight[cols] = 0.9 * table[cols].mean(0) + 0.1 * table[cols]
+    table = model.embed.weight.detach()
+    # what tells each band from the others: its word less the mean of its band's words
+    rows_d, cols_d = (torch.nn.functional.normalize(table[ids] - table[ids].mean(0), dim=-1) for ids in (rows, cols))
     for grid in (8, 16, 24):
         place = model.place_embedding((grid, grid)).detach().view(grid, grid, -1)
+        torch.testing.assert_close(place.pow(2).mean(-1).sqrt().max(), torch.tensor(2.0**0.5), rtol=0.3, atol=0)
         for obj in synthvis.random_scene(np.random.default_rng(grid), grid, grid // 4).objects:
             mean = place[obj.row : obj.row + obj.side, obj.col : obj.col + obj.side].mean((0, 1))
-            # solve mean = a @ rows + b @ cols for the blend weights a, b
-            weights = torch.linalg.lstsq(words.T, mean[:, None]).solution.squeeze(1)
             row, col = synthvis.Scene(grid, (obj,)).region(obj)
-            assert synthvis.ROWS[int(weights[:3].argmax())] == row and synthvis.COLS[int(weights[3:].argmax())] == col
-            torch.testing.assert_close(weights.sum(), torch.tensor(2.0))
+            assert synthvis.ROWS[int((rows_d @ mean).argmax())] == row and synthvis.COLS[int((cols_d @ mean).argmax())] == col
     bare = LVLM(replace(model.cfg, place_words=((), ())))
     assert not bare.place_embedding((4, 4)).any()
 
@@ -118,6 +120,13 @@ def test_attention_weights_of_chosen_layers_and_heads_only(model):
         assert [w is None for w in chosen.attn] == [i != 1 for i in range(TINY.lm_layers)]
         torch.testing.assert_close(chosen.attn[1], every.attn[1][:, heads])
     assert float(chosen.attn[1][:, 0, 6:, 3:6].sum()) == 0.0 and float(chosen.attn[1][:, 1, 6:, 3:6].sum()) > 0
+    shared = bias[:, 1:]  # (1, 1, T, T): no head may see entries 3 to 5
+    with torch.no_grad():
+        broadcast = model(inputs, attn_bias=shared, need_attn={1: heads})
+        repeated = model(inputs, attn_bias=shared.expand(-1, TINY.lm_kv_heads, -1, -1), need_attn={1: heads})
+    torch.testing.assert_close(broadcast.logits, repeated.logits)
+    torch.testing.assert_close(broadcast.attn[1], repeated.attn[1])
+    assert float(broadcast.attn[1][:, :, 6:, 3:6].sum()) == 0.0
 
 
 def test_decode_attention_weights_cover_the_cache(model):

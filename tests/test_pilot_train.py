@@ -60,7 +60,7 @@ def test_packed_questions_are_trained_as_they_are_evaluated():
     ep = synthvis.image_episode("val", 0, 3, image_px=32, max_objects=3)
     batch = T.pack([ep], tok)
     inputs = model.embed_prompt(batch.pixels, batch.times, batch.text)
-    bias = T.isolate_questions(inputs, batch, model.cfg.lm_kv_heads)
+    bias = T.isolate_questions(inputs, batch)
     with torch.no_grad():
         packed = model(inputs, attn_bias=bias).logits[0, inputs.length - batch.text.shape[1] :]
         start = 0
@@ -123,31 +123,62 @@ def test_grounding_marks_the_objects_each_word_is_about():
                         assert word in (obj.colour, obj.shape, synthvis.PLURALS[obj.shape])
 
 
-def test_routing_looks_from_each_answer_at_its_questions_naming_words():
-    """The second hop: every routed row is the <ans> of a non-caption question, and it marks
-    exactly the earlier words of that question that the first hop grounds."""
+def test_routing_looks_from_each_answer_at_its_questions_first_and_last_naming_word():
+    """The second hop: every routed row is the <ans> of a non-caption question; head 0's row marks
+    the first word of that question that the first hop grounds and head 1's the last."""
     tok = synthvis.Tokenizer()
     tc = T.train_config("cpu")
+    two_words = 0
     for family in T.FAMILIES:
         episodes = [T.family_episode(family, "val", 0, i, tc) for i in range(3)]
         batch = T.pack(episodes, tok)
         start = 5  # any number of tokens before the text
         length = start + batch.text.shape[1]
-        route = T.routing_mask(episodes, start, length)
-        routed = 0
+        route = T.routing_masks(episodes, start, length)
         for b, ep, qa, ans in T.packed_questions(episodes, start):
             assert int(batch.text[b, ans - start]) == tok.ans_id
             if qa.kind == "caption":
-                assert not bool(route[b, ans].any())
+                assert not bool(route[:, b, ans].any())
                 continue
-            columns = route[b, ans].nonzero().flatten()
-            assert bool((columns < ans).all()) and bool((columns >= ans - len(qa.question)).all())
-            assert columns.tolist() == [ans + offset for offset, _ in T.grounding_targets(ep, qa)]
-            assert all(tok.word_class(int(batch.text[b, i - start])) in ("colour", "shape") for i in columns.tolist())
-            routed += len(columns)
-        assert routed > 0
+            named = [ans + offset for offset, _ in T.grounding_targets(ep, qa)]
+            assert [route[k, b, ans].nonzero().flatten().tolist() for k in (0, 1)] == [[named[0]], [named[-1]]]
+            assert all(tok.word_class(int(batch.text[b, i - start])) in ("colour", "shape") for i in named)
+            assert ans - len(qa.question) <= min(named) and max(named) < ans
+            two_words += named[0] != named[-1]
         rows = route.any(-1).nonzero()
-        assert all(int(batch.text[b, i - start]) == tok.ans_id for b, i in rows.tolist())
+        assert all(int(batch.text[b, i - start]) == tok.ans_id for _, b, i in rows.tolist())
+    assert two_words > 0
+
+
+def test_answers_look_at_the_objects_of_their_first_and_last_naming_words():
+    """The third hop: every marked row is the <ans> of a non-caption question; head 0's row holds
+    the objects of the first naming word and head 1's those of the last, which differ exactly when
+    the question names two objects (a relation, "which came first"); a count of zero marks <bos>."""
+    tok = synthvis.Tokenizer()
+    tc = T.train_config("cpu")
+    kinds = set()
+    for family in T.FAMILIES:
+        episodes = [T.family_episode(family, "val", 0, i, tc) for i in range(3)]
+        batch = T.pack(episodes, tok)
+        unit_len = 1 + (batch.pixels.shape[-2] // 4) * (batch.pixels.shape[-1] // 4)  # <img> and the 4-pixel patches
+        start = 1 + batch.pixels.shape[1] * unit_len
+        length = start + batch.text.shape[1]
+        first, _ = T.grounding_mask(episodes, start, unit_len, length)
+        masks, groups = T.answer_masks(episodes, start, unit_len, length)
+        for b, ep, qa, ans in T.packed_questions(episodes, start):
+            if qa.kind == "caption":
+                assert not bool(masks[:, b, ans].any())
+                continue
+            named = [ans + offset for offset, _ in T.grounding_targets(ep, qa)]
+            assert torch.equal(masks[0, b, ans], first[b, named[0]]) and torch.equal(masks[1, b, ans], first[b, named[-1]])
+            assert torch.equal(masks[0, b, ans], masks[1, b, ans]) == (len(named) == 1), qa
+            assert bool(masks[0, b, ans, 0]) == (qa.answer == ("zero",))
+            named_by = tok.word_class(int(batch.text[b, named[0] - start]))
+            assert T.GROUNDING_GROUPS[int(groups[b, ans]) - 1] == named_by
+            kinds.add(qa.kind)
+        assert int(masks.any(-1).sum()) == 2 * sum(qa.kind != "caption" for ep in episodes for qa in ep.qas)
+        assert torch.equal(groups > 0, masks[0].any(-1))
+    assert {"relation", "first", "shape", "count"} <= kinds
 
 
 def test_grounding_loss_falls_as_attention_moves_onto_the_objects():
@@ -175,6 +206,22 @@ def test_grounding_captions_and_questions_weigh_the_same_and_so_do_the_question_
     assert float(T.grounding_loss(attn, mask, groups)) == pytest.approx((half + (half + lost) / 2) / 2)
     only_questions = torch.tensor([[shape] * 5 + [colour]])
     assert float(T.grounding_loss(attn, mask, only_questions)) == pytest.approx((half + lost) / 2)
+
+
+def test_answer_tokens_know_their_question_kind_and_every_kind_weighs_alike():
+    tok = synthvis.Tokenizer()
+    episodes = [synthvis.image_episode("val", 0, i, image_px=32, max_objects=3) for i in range(4)]
+    batch = T.pack(episodes, tok)
+    for b, ep in enumerate(episodes):
+        kinds = [synthvis.QA_KINDS[k - 1] for k in batch.kind[b][batch.loss_mask[b]].tolist()]
+        assert kinds == [qa.kind for qa in ep.qas for _ in range(len(qa.answer) + 1)]
+    assert bool((batch.kind[batch.text == tok.pad_id] == 0).all())
+    caption, colour, count = (1 + synthvis.QA_KINDS.index(k) for k in ("caption", "colour", "count"))
+    values = torch.tensor([1.0] * 4 + [2.0] * 3 + [6.0])  # a caption's tokens, three colour answers, one count
+    groups = torch.tensor([caption] * 4 + [colour] * 3 + [count])
+    assert float(T.caption_half_mean(values, groups, caption)) == pytest.approx((1 + (2 + 6) / 2) / 2)
+    assert float(T.caption_half_mean(values[4:], groups[4:], caption)) == pytest.approx((2 + 6) / 2)
+    assert float(T.caption_half_mean(values[:4], groups[:4], caption)) == pytest.approx(1.0)
 
 
 def test_checkpoint_key_changes_with_the_config():
