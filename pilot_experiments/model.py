@@ -388,9 +388,9 @@ class LVLM(nn.Module):
     # -- running --------------------------------------------------------------------------------
     def forward(self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool | Mapping[int, Sequence[int]] = False) -> Output:
         """Run the LM over `inputs`. Without a cache: causal attention over the sequence, plus an
-        optional additive `attn_bias` (batch, kv_heads, T, T), or (batch, 1, T, T) for every head alike,
-        or a list of one per layer. With a
-        cache: the new entries are appended and attention covers every valid cached entry.
+        optional additive `attn_bias` (batch, kv_heads, T, T), or (batch, 1, T, T) for every head
+        alike, or a list of one per layer. With a cache: the new entries are appended and attention
+        covers every valid cached entry.
         `need_attn`: True for every layer's attention weights, or {layer: query heads} for just
         those heads' weights (batch, len(heads), T, L), computed beside the fast path; None in
         `Output.attn` for the layers not asked."""
