@@ -309,31 +309,26 @@ def caption_half_mean(values: torch.Tensor, groups: torch.Tensor, caption: int) 
     return torch.stack(parts).mean()
 
 
-def answer_masks(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The third hop, where the answer looks at the picture itself: (2, B, T, T) bool, in which row
-    i, the <ans> token of a question (captions excepted), marks in mask k the visual tokens of the
-    objects its first (k = 0) or last (k = 1) naming word is about (`grounding_targets`; <bos> for
-    a count of zero), so a one-object question reads its object through two heads, and a relation
-    or a "which came first" reads each of its two objects through a head of its own. And (B, T)
-    long: each row's group as in `grounding_mask`, by the kind of word that names its first object.
+def answer_masks(first: torch.Tensor, groups: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The third hop, where the answer looks at the picture itself, derived from the first two:
+    `first`, `groups` from `grounding_mask` and `second` from `routing_masks`. (2, B, T, T) bool,
+    in which row i, the <ans> token of a question, marks in mask k what the first hop marks for the
+    word that mask k of the second hop routes it to: the objects of the first (k = 0) or last
+    (k = 1) naming word (<bos> for a count of zero), so a one-object question reads its object
+    through two heads, and a relation or a "which came first" reads each of its two objects
+    through a head of its own. And (B, T) long: each <ans> row's group, its first naming word's.
     The second hop brings the naming words to <ans>, so <ans> can find the objects as the words
     did and read them straight from their visual tokens rather than through the words. (Measured
     on a target trained without it: the first hop put 0.96 of its mass on the object and the
     second 1.00 on the naming word, yet only 0.62 of the shape answers were right; with it, every
     shape answer whose two hops found the object was right.)"""
-    masks = torch.zeros(2, len(episodes), length, length, dtype=torch.bool)
-    groups = torch.zeros(len(episodes), length, dtype=torch.long)
-    for b, ep, qa, ans in packed_questions(episodes, text_start):
-        targets = grounding_targets(ep, qa) if qa.kind != "caption" else []
-        if not targets:
-            continue
-        groups[b, ans] = 1 + GROUNDING_GROUPS.index("colour" if qa.question[targets[0][0]] in synthvis.COLOURS else "shape")
-        for k, (_, refs) in enumerate((targets[0], targets[-1])):
-            if not refs:
-                masks[k, b, ans, 0] = True
-            for unit, ident in refs:
-                masks[k, b, ans, 2 + unit * unit_len + ep.scenes[unit].object_patches(ident)] = True
-    return masks, groups
+    third = torch.zeros_like(second)
+    head, b, row, word = second.nonzero(as_tuple=True)
+    third[head, b, row] = first[b, word]
+    third_groups = torch.zeros_like(groups)
+    first_word = head == 0
+    third_groups[b[first_word], row[first_word]] = groups[b[first_word], word[first_word]]
+    return third, third_groups
 
 
 def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -390,7 +385,7 @@ def batch_loss(
         unit_len = (offset - 1) // batch.pixels.shape[1]
         first, groups = grounding_mask(episodes, offset, unit_len, inputs.length)
         second = routing_masks(episodes, offset, inputs.length)
-        third, third_groups = answer_masks(episodes, offset, unit_len, inputs.length)
+        third, third_groups = answer_masks(first, groups, second)
         hop_losses = [grounding_loss(out.attn[grounding_layer][:, 0], first.to(device), groups.to(device))] if bool(first.any()) else []
         if bool(second.any()):  # the second and third hops: <ans> rows, which captions lack
             second_attn, third_attn = out.attn[grounding_layer + 1], out.attn[grounding_layer + 2]

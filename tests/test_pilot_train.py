@@ -163,8 +163,8 @@ def test_answers_look_at_the_objects_of_their_first_and_last_naming_words():
         unit_len = 1 + (batch.pixels.shape[-2] // 4) * (batch.pixels.shape[-1] // 4)  # <img> and the 4-pixel patches
         start = 1 + batch.pixels.shape[1] * unit_len
         length = start + batch.text.shape[1]
-        first, _ = T.grounding_mask(episodes, start, unit_len, length)
-        masks, groups = T.answer_masks(episodes, start, unit_len, length)
+        first, first_groups = T.grounding_mask(episodes, start, unit_len, length)
+        masks, groups = T.answer_masks(first, first_groups, T.routing_masks(episodes, start, length))
         for b, ep, qa, ans in T.packed_questions(episodes, start):
             if qa.kind == "caption":
                 assert not bool(masks[:, b, ans].any())
