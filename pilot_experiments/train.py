@@ -40,7 +40,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "10"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "11"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -65,6 +65,7 @@ class TrainConfig:
     max_objects: int = 4
     family_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)  # image, multi, video
     pools: tuple[int, ...] = (1,)
+    probe_weight: float = 1.0
     grounding_weight: float = 1.0
     grounding_layer: int = 1  # the first hop; the second is the layer above
     bf16: bool = True  # bf16 autocast for the training steps (weights stay fp32), on CPU as on CUDA;
@@ -225,15 +226,20 @@ def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[
     """What the words of `qa` are about in the pictures: (offset, ((unit, object ident), ...))
     pairs, offsets counted from the <ans> token. A caption's phrase k describes the k-th object in
     raster order, so the positions that predict its content words (offset i predicts answer word i)
-    point at that object. In a question, each word that names a colour or shape of an object the
-    question refers to (negative offsets) points at those objects, a video's object at the frame of
-    its event: the model finds an object by its description where the description is, and the
-    answer reads it from there. The shape of a count of zero points at no object (an empty tuple):
-    `grounding_mask` sends it to <bos>, so "nothing" is a place the answer can read too."""
+    point at that object; the two that decide whether phrase k follows at all (the one predicting
+    the separator before it and the one predicting its article, or <eos> after the last phrase)
+    point at it too, or at no object when there is none left. In a question, each word that names a
+    colour or shape of an object the question refers to (negative offsets) points at those objects,
+    a video's object at the frame of its event: the model finds an object by its description where
+    the description is, and the answer reads it from there. The shape of a count of zero points at
+    no object (an empty tuple), as does the end of a caption: `grounding_mask` sends them to <bos>,
+    so "nothing" is a place the answer can read too."""
     if qa.kind == "caption":
         unit = qa.objects[0][0] if qa.objects else 0
         objects = sorted(episode.scenes[unit].objects, key=lambda o: (o.row, o.col))
-        return [(synthvis.CAPTION_PHRASE * k + slot, ((unit, o.ident),)) for k, o in enumerate(objects) for slot in synthvis.CAPTION_CONTENT_SLOTS]
+        described = [(synthvis.CAPTION_PHRASE * k + slot, ((unit, o.ident),)) for k, o in enumerate(objects) for slot in synthvis.CAPTION_CONTENT_SLOTS]
+        following = [((unit, o.ident),) for o in objects] + [()]  # offset 10k - 1 predicts the separator before phrase k, 10k its article
+        return described + [(synthvis.CAPTION_PHRASE * k + slot, refs) for k, refs in enumerate(following) for slot in (-1, 0) if synthvis.CAPTION_PHRASE * k + slot >= 0]
     if qa.kind == "count" and not qa.objects:
         return [(i - len(qa.question), ()) for i, word in enumerate(qa.question) if word in synthvis.PLURALS.values()]
     refs = qa.objects
@@ -263,7 +269,7 @@ GROUNDING_GROUPS = ("caption", "shape", "colour")  # how a grounded row finds it
 
 def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, T) bool: for the packed sequences of `pack`, row i marks the visual tokens that
-    position i is about (`grounding_targets`), or <bos> for a count of zero; rows of other
+    position i is about (`grounding_targets`), or <bos> where that is no object; rows of other
     positions are empty. And (B, T) long: each grounded row's group, 1 + its index in
     `GROUNDING_GROUPS` (by caption order, by a shape word, by a colour word), 0 elsewhere."""
     mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)
@@ -351,8 +357,8 @@ def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor 
 
 
 def batch_loss(
-    model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None,
-    probe_weight: float = 0.5, grounding_weight: float = 0.0, grounding_layer: int = 1,
+    model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None, *,
+    probe_weight: float = 1.0, grounding_weight: float = 0.0, grounding_layer: int = 1,
 ) -> tuple[torch.Tensor, float]:
     """Answer-token cross-entropy, captions ½ and each kind of question an equal share of the
     other ½ (`caption_half_mean`) (plus, at pool 1, the probe's patch loss when a probe is given
@@ -494,7 +500,10 @@ def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: boo
             episodes = [family_episode(family, "train", tc.seed, step * tc.batch + j, tc) for j in range(tc.batch)]
             model.train()
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.bf16):
-                loss, _ = batch_loss(model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, tc.grounding_weight, tc.grounding_layer)
+                loss, _ = batch_loss(
+                    model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, probe_weight=tc.probe_weight,
+                    grounding_weight=tc.grounding_weight, grounding_layer=tc.grounding_layer,
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

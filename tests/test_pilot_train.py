@@ -98,21 +98,28 @@ def test_grounding_marks_the_objects_each_word_is_about():
             for row in mask[b].any(-1).nonzero().flatten().tolist():
                 here, predicted = (tok.words[int(batch.text[b, i - start])] for i in (row, row + 1))
                 group = T.GROUNDING_GROUPS[int(groups[b, row]) - 1]
-                if group == "caption":
-                    assert tok.is_visual_content(tok.ids[predicted]), (here, predicted)
+                if group == "caption":  # a content word, or whether another phrase follows
+                    assert tok.is_visual_content(tok.ids[predicted]) or predicted in (*synthvis.CAPTION_SEPARATORS, *synthvis.CAPTION_ARTICLES, "<eos>"), (here, predicted)
                 else:
                     assert tok.word_class(tok.ids[here]) == group, (here, group)
-                if bool(on_bos[b, row]):
-                    assert here in synthvis.PLURALS.values() and predicted == "are"
+                if bool(on_bos[b, row]):  # a count of zero, or the end of a caption
+                    assert (here in synthvis.PLURALS.values() and predicted == "are") or (group == "caption" and predicted in (".", "<eos>")), (here, predicted)
             for qa in ep.qas:
                 targets = T.grounding_targets(ep, qa)
-                if qa.kind == "caption":  # the colour word of phrase k points at the k-th object in raster order
-                    objects = sorted(ep.scenes[0].objects, key=lambda o: (o.row, o.col))
-                    for (offset, ((unit, ident),)), slot in zip(targets, synthvis.CAPTION_CONTENT_SLOTS * len(objects)):
-                        obj = next(o for o in ep.scenes[unit].objects if o.ident == ident)
-                        assert obj is objects[offset // synthvis.CAPTION_PHRASE]
-                        if slot == 2:
-                            assert qa.answer[offset] == obj.colour
+                if qa.kind == "caption":  # the colour word of phrase k points at the k-th object in raster order,
+                    objects = sorted(ep.scenes[0].objects, key=lambda o: (o.row, o.col))  # as do its article and the separator before it
+                    answer = (*qa.answer, "<eos>")
+                    for offset, refs in targets:
+                        phrase, slot = divmod(offset + 1, synthvis.CAPTION_PHRASE)
+                        if slot in (0, 1):  # the separator before phrase `phrase`, or its article (or <eos>)
+                            assert answer[offset] in (*synthvis.CAPTION_SEPARATORS, *synthvis.CAPTION_ARTICLES, "<eos>")
+                            assert [ident for _, ident in refs] == [o.ident for o in objects[phrase : phrase + 1]]
+                            continue
+                        ((unit, ident),) = refs
+                        assert ident == objects[offset // synthvis.CAPTION_PHRASE].ident
+                        if slot - 1 == 2:
+                            assert answer[offset] == objects[offset // synthvis.CAPTION_PHRASE].colour
+                    assert sum(not refs for _, refs in targets) == 2  # the last separator and <eos> point at nothing
                     continue
                 if qa.kind == "count" and qa.answer == ("zero",):
                     assert [qa.question[offset] for offset, refs in targets if not refs] == [qa.question[2]]
