@@ -269,7 +269,7 @@ GROUNDING_GROUPS = ("caption", "shape", "colour")  # how a grounded row finds it
 
 def grounding_mask(episodes: list[synthvis.Episode], text_start: int, unit_len: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T, T) bool: for the packed sequences of `pack`, row i marks the visual tokens that
-    position i is about (`grounding_targets`), or <bos> where that is no object; rows of other
+    position i is about (`grounding_targets`), or <bos> where it is about no object; rows of other
     positions are empty. And (B, T) long: each grounded row's group, 1 + its index in
     `GROUNDING_GROUPS` (by caption order, by a shape word, by a colour word), 0 elsewhere."""
     mask = torch.zeros(len(episodes), length, length, dtype=torch.bool)

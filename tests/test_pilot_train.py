@@ -74,8 +74,9 @@ def test_packed_questions_are_trained_as_they_are_evaluated():
 
 def test_grounding_marks_the_objects_each_word_is_about():
     """Every grounded row of the mask sits on a question word that names a colour or shape of the
-    objects it marks, or where a caption's content word is predicted, and is in the group that says
-    which; only visual tokens are marked, or <bos> alone for a count of zero."""
+    objects it marks, or where a caption's content word (or whether another phrase follows) is
+    predicted, and is in the group that says which; only visual tokens are marked, or <bos> alone
+    for a count of zero or the end of a caption."""
     from pilot_experiments.kvcache import VISUAL
     from pilot_experiments.model import LVLM, config_for
 
@@ -110,15 +111,16 @@ def test_grounding_marks_the_objects_each_word_is_about():
                     objects = sorted(ep.scenes[0].objects, key=lambda o: (o.row, o.col))  # as do its article and the separator before it
                     answer = (*qa.answer, "<eos>")
                     for offset, refs in targets:
-                        phrase, slot = divmod(offset + 1, synthvis.CAPTION_PHRASE)
-                        if slot in (0, 1):  # the separator before phrase `phrase`, or its article (or <eos>)
+                        phrase, slot = divmod(offset, synthvis.CAPTION_PHRASE)
+                        if slot not in synthvis.CAPTION_CONTENT_SLOTS:  # the separator before the next phrase, or its article (or <eos>)
+                            following = phrase + (slot == synthvis.CAPTION_PHRASE - 1)
                             assert answer[offset] in (*synthvis.CAPTION_SEPARATORS, *synthvis.CAPTION_ARTICLES, "<eos>")
-                            assert [ident for _, ident in refs] == [o.ident for o in objects[phrase : phrase + 1]]
+                            assert [ident for _, ident in refs] == [o.ident for o in objects[following : following + 1]]
                             continue
                         ((unit, ident),) = refs
-                        assert ident == objects[offset // synthvis.CAPTION_PHRASE].ident
-                        if slot - 1 == 2:
-                            assert answer[offset] == objects[offset // synthvis.CAPTION_PHRASE].colour
+                        assert ident == objects[phrase].ident
+                        if slot == 2:
+                            assert answer[offset] == objects[phrase].colour
                     assert sum(not refs for _, refs in targets) == 2  # the last separator and <eos> point at nothing
                     continue
                 if qa.kind == "count" and qa.answer == ("zero",):
