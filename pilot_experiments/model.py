@@ -35,7 +35,7 @@ class ModelError(ValueError):
 @dataclass(frozen=True)
 class LVLMConfig:
     name: str
-    vocab_size: int = 81
+    vocab_size: int = 78  # the SynthVis tokenizer's; `config_for` sets it from the tokenizer
     patch_px: int = 4
     vit_dim: int = 128
     vit_layers: int = 2

@@ -35,8 +35,8 @@ RELATIONS = ("left", "right", "above", "below")
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ORDINALS = ("first", "second")
 FUNCTION_WORDS = (
-    "a", "the", "at", "and", "is", "are", "was", "of", "what", "which", "where", "how", "many",
-    "colour", "shape", "size", "texture", "there", "in", "image", "object", "objects", "relative", "to",
+    "a", "the", "at", "and", "is", "are", "was", "of", "what", "which", "how", "many",
+    "colour", "shape", "size", "texture", "there", "in", "image", "object", "objects",
     "when", "it", "appeared", "before", "vanished", "or", "has", "more", "describe", "?", ",", ".",
 )
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<ans>", "<img>")
@@ -158,6 +158,16 @@ class Scene:
         third = self.grid / 3
         return ROWS[min(int(r // third), 2)], COLS[min(int(c // third), 2)]
 
+    def reading_order(self) -> list[WorldObject]:
+        """The objects region by region, top left to bottom right (`region`), and in raster order
+        of their top-left patch within a region: the order a caption follows, so the region words
+        it has written say which objects are still to come."""
+        def key(obj: WorldObject) -> tuple[int, int, int, int]:
+            row, col = self.region(obj)
+            return ROWS.index(row), COLS.index(col), obj.row, obj.col
+
+        return sorted(self.objects, key=key)
+
 
 @cache
 def _shape_mask(shape: str, side_px: int) -> np.ndarray:
@@ -202,8 +212,17 @@ def render(scene: Scene, patch_px: int) -> np.ndarray:
     return canvas.transpose(2, 0, 1)
 
 
+def _inside_band(start: int, side: int, grid: int) -> bool:
+    """Whether an object from patch `start` to `start + side` has its centre at least `grid / 16`
+    patches from both boundaries between the three region bands of a `grid`-patch line."""
+    centre = start + side / 2
+    return all(abs(centre - grid * k / 3) >= grid / 16 for k in (1, 2))
+
+
 def random_scene(rng: np.random.Generator, grid: int, n_objects: int, *, unique_shapes: bool = False) -> Scene:
-    """Place `n_objects` random objects on the grid without overlap (one free patch between)."""
+    """Place `n_objects` random objects on the grid without overlap (one free patch between), each
+    centre at least `grid / 16` patches from the boundaries of the region bands (`Scene.region`),
+    so that the region a caption names has one right answer."""
     if n_objects > len(SHAPES) and unique_shapes:
         raise SynthVisError(f"at most {len(SHAPES)} objects with unique shapes")
     shapes = rng.permutation(SHAPES)[:n_objects] if unique_shapes else rng.choice(SHAPES, n_objects)
@@ -213,7 +232,8 @@ def random_scene(rng: np.random.Generator, grid: int, n_objects: int, *, unique_
         objects = []
         for ident, (shape, (colour, size, texture)) in enumerate(zip(shapes, looks)):
             side = SIZES[size]
-            row, col = (int(v) for v in rng.integers(0, grid - side + 1, size=2))
+            starts = [s for s in range(grid - side + 1) if _inside_band(s, side, grid)]
+            row, col = (starts[int(i)] for i in rng.integers(0, len(starts), size=2))
             if occupied[row : row + side + 2, col : col + side + 2].any():
                 break
             occupied[row + 1 : row + side + 1, col + 1 : col + side + 1] = True
@@ -362,7 +382,7 @@ CAPTION_CONTENT_SLOTS = (1, 2, 3, 4, 7, 8)  # the words of a phrase that describ
 
 
 def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> tuple[str, ...]:
-    """'a large red striped circle at the top left . the small ...' in raster order of the objects.
+    """'a large red striped circle at the top left . the small ...', the objects in reading order.
 
     The content words (size, colour, texture, shape, region) follow from the picture; the function
     words do not: with `rng`, each phrase draws its article, preposition and separator at random, so
@@ -371,7 +391,7 @@ def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> tuple
     def pick(options: tuple[str, ...]) -> str:
         return options[0] if rng is None else options[int(rng.integers(len(options)))]
 
-    objects = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    objects = scene.reading_order()
     words: list[str] = []
     for i, obj in enumerate(objects):
         row, col = scene.region(obj)
@@ -401,10 +421,29 @@ def _unique(scene: Scene, attr: str) -> list[WorldObject]:
     return [o for o in scene.objects if values.count(getattr(o, attr)) == 1]
 
 
+def relation_question(a: WorldObject, b: WorldObject, rng: np.random.Generator, unit: int = 0) -> QA:
+    """"is the circle left or right of the square ?": where `a` lies from `b` along an axis on
+    which the two do not overlap (one at random when neither does), the two options in random
+    order, in the form of GQA's relation questions (Hudson and Manning 2019). Objects never
+    overlap, so such an axis exists, and "left" always means wholly to the left: the answer follows
+    from the picture, never from a tie-break between two axes."""
+    axes = []
+    if a.col + a.side <= b.col or b.col + b.side <= a.col:
+        axes.append(("left", "right") if a.col < b.col else ("right", "left"))
+    if a.row + a.side <= b.row or b.row + b.side <= a.row:
+        axes.append(("above", "below") if a.row < b.row else ("below", "above"))
+    if not axes:
+        raise SynthVisError(f"objects {a.ident} and {b.ident} overlap; a relation needs them apart")
+    answer, other = axes[int(rng.integers(len(axes)))]
+    options = (answer, "or", other) if rng.random() < 0.5 else (other, "or", answer)
+    of = ("of",) if answer in ("left", "right") else ()
+    return QA("relation", ("is", "the", a.shape, *options, *of, "the", b.shape, "?"), (answer,), ((unit, a.ident), (unit, b.ident)))
+
+
 def image_questions(scene: Scene, rng: np.random.Generator, unit: int = 0) -> list[QA]:
     """The caption, then in random order: colour, size and texture of every object whose shape is
     unique, the shape of every object whose colour is unique, two counts (a shape in the picture
-    and a random one) and up to two relations between uniquely-shaped objects."""
+    and a random one) and up to two relations between uniquely-shaped objects (`relation_question`)."""
     qas = [QA("caption", ("describe", "the", "image"), caption_words(scene, rng), tuple((unit, o.ident) for o in scene.objects))]
     questions = []
     by_shape = _unique(scene, "shape")
@@ -418,13 +457,8 @@ def image_questions(scene: Scene, rng: np.random.Generator, unit: int = 0) -> li
         questions.append(QA("count", ("how", "many", PLURALS[shape], "are", "there", "?"), (NUMBERS[len(hits)],), tuple((unit, o.ident) for o in hits)))
     pairs = [(a, b) for a in by_shape for b in by_shape if a is not b]
     rng.shuffle(pairs)
-    relations = 0
-    for a, b in pairs:
-        dr, dc = a.centre[0] - b.centre[0], a.centre[1] - b.centre[1]
-        if abs(dr) != abs(dc) and relations < 2:
-            rel = ("below" if dr > 0 else "above") if abs(dr) > abs(dc) else ("right" if dc > 0 else "left")
-            questions.append(QA("relation", ("where", "is", "the", a.shape, "relative", "to", "the", b.shape, "?"), (rel,), ((unit, a.ident), (unit, b.ident))))
-            relations += 1
+    for a, b in pairs[:2]:
+        questions.append(relation_question(a, b, rng, unit))
     order = rng.permutation(len(questions))
     return qas + [questions[i] for i in order]
 

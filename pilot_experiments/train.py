@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.model import CONFIGS as CONFIGS_SIZES
 from pilot_experiments.model import LVLM, LVLMConfig, config_for
 
-CODE_VERSION = "11"  # bump when a change to the model, world or training makes old checkpoints stale
+CODE_VERSION = "12"  # bump when a change to the model, world or training makes old checkpoints stale
 CACHE_ENV = "EFFICIENT_LVLM_CACHE"
 
 
@@ -66,6 +67,7 @@ class TrainConfig:
     family_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)  # image, multi, video
     pools: tuple[int, ...] = (1,)
     probe_weight: float = 1.0
+    relation_share: float = 3.0  # shares of the question half for relations, every other kind 1 (`batch_loss`)
     grounding_weight: float = 1.0
     grounding_layer: int = 1  # the first hop; the second is the layer above
     bf16: bool = True  # bf16 autocast for the training steps (weights stay fp32), on CPU as on CUDA;
@@ -225,7 +227,7 @@ class PatchProbe(torch.nn.Module):
 def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
     """What the words of `qa` are about in the pictures: (offset, ((unit, object ident), ...))
     pairs, offsets counted from the <ans> token. A caption's phrase k describes the k-th object in
-    raster order, so the positions that predict its content words (offset i predicts answer word i)
+    reading order (`Scene.reading_order`), so the positions that predict its content words (offset i predicts answer word i)
     point at that object; the two that decide whether phrase k follows at all (the one predicting
     the separator before it and the one predicting its article, or <eos> after the last phrase)
     point at it too, or at no object when there is none left. In a question, each word that names a
@@ -236,7 +238,7 @@ def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[
     so "nothing" is a place the answer can read too."""
     if qa.kind == "caption":
         unit = qa.objects[0][0] if qa.objects else 0
-        objects = sorted(episode.scenes[unit].objects, key=lambda o: (o.row, o.col))
+        objects = episode.scenes[unit].reading_order()
         described = [(synthvis.CAPTION_PHRASE * k + slot, ((unit, o.ident),)) for k, o in enumerate(objects) for slot in synthvis.CAPTION_CONTENT_SLOTS]
         following = [((unit, o.ident),) for o in objects] + [()]  # offset 10k - 1 predicts the separator before phrase k, 10k its article
         return described + [(synthvis.CAPTION_PHRASE * k + slot, refs) for k, refs in enumerate(following) for slot in (-1, 0) if synthvis.CAPTION_PHRASE * k + slot >= 0]
@@ -289,7 +291,7 @@ def routing_masks(episodes: list[synthvis.Episode], text_start: int, length: int
     """(2, B, T, T) bool: the second hop. Row i, the <ans> token of a question (captions excepted),
     marks in mask k the question's first (k = 0) or last (k = 1) word that names its objects, where
     the first hop found them. Two heads keep the two words apart, so the third hop knows which
-    object is which: in "where is the circle relative to the square ?" head 0 brings "circle" and
+    object is which: in "is the circle left or right of the square ?" head 0 brings "circle" and
     head 1 "square". (Measured on trained targets: with one head over both words, the third hop
     put 0.38 of its mass on a relation's objects; with two, 0.95.)"""
     masks = torch.zeros(2, len(episodes), length, length, dtype=torch.bool)
@@ -301,17 +303,20 @@ def routing_masks(episodes: list[synthvis.Episode], text_start: int, length: int
     return masks
 
 
-def caption_half_mean(values: torch.Tensor, groups: torch.Tensor, caption: int) -> torch.Tensor:
+def caption_half_mean(values: torch.Tensor, groups: torch.Tensor, caption: int, shares: Mapping[int, float] | None = None) -> torch.Tensor:
     """Mean of `values` (1-D) in which the entries of group `caption` weigh ½ and every other group
-    an equal share of the other ½ (when only one side is present, it weighs everything). Used for
-    both losses that mix captions and questions, so that the rare kinds of question count as much
-    as the common ones and the long captions as much as all the questions."""
+    an equal share of the other ½, or `shares[group]` shares of it (when only one side is present,
+    it weighs everything). Used for both losses that mix captions and questions, so that the rare
+    kinds of question count as much as the common ones and the long captions as much as all the
+    questions."""
     parts = []
     if bool((groups == caption).any()):
         parts.append(values[groups == caption].mean())
-    others = [values[groups == g].mean() for g in groups[groups != caption].unique()]
-    if others:
-        parts.append(torch.stack(others).mean())
+    present = groups[groups != caption].unique().tolist()
+    if present:
+        weights = torch.tensor([(shares or {}).get(g, 1.0) for g in present], device=values.device)
+        means = torch.stack([values[groups == g].mean() for g in present])
+        parts.append((means * weights).sum() / weights.sum())
     return torch.stack(parts).mean()
 
 
@@ -358,7 +363,7 @@ def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor 
 
 def batch_loss(
     model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None, *,
-    probe_weight: float = 1.0, grounding_weight: float = 0.0, grounding_layer: int = 1,
+    probe_weight: float = 1.0, relation_share: float = 1.0, grounding_weight: float = 0.0, grounding_layer: int = 1,
 ) -> tuple[torch.Tensor, float]:
     """Answer-token cross-entropy, captions ½ and each kind of question an equal share of the
     other ½ (`caption_half_mean`) (plus, at pool 1, the probe's patch loss when a probe is given
@@ -380,7 +385,8 @@ def batch_loss(
     pred = logits[:, offset - 1 : -1]
     mask = batch.loss_mask.to(device)
     kind = batch.kind.to(device)[mask]
-    loss = caption_half_mean(F.cross_entropy(pred[mask].float(), text[mask], reduction="none"), kind, 1 + synthvis.QA_KINDS.index("caption"))
+    shares = {1 + synthvis.QA_KINDS.index("relation"): relation_share}
+    loss = caption_half_mean(F.cross_entropy(pred[mask].float(), text[mask], reduction="none"), kind, 1 + synthvis.QA_KINDS.index("caption"), shares)
     acc = (pred[mask].argmax(-1) == text[mask]).float().mean().item()
     if probe is not None and pool == 1:
         # the probe scores what each patch shows, not the place words it carries
@@ -501,7 +507,7 @@ def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: boo
             model.train()
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.bf16):
                 loss, _ = batch_loss(
-                    model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, probe_weight=tc.probe_weight,
+                    model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, probe_weight=tc.probe_weight, relation_share=tc.relation_share,
                     grounding_weight=tc.grounding_weight, grounding_layer=tc.grounding_layer,
                 )
             opt.zero_grad(set_to_none=True)

@@ -44,6 +44,17 @@ def test_caption_lists_every_object_and_parses_back_into_facts():
         assert (obj.shape, "colour", obj.colour) in facts
 
 
+def test_caption_goes_region_by_region_in_reading_order():
+    seen = 0
+    for i in range(40):
+        ep = synthvis.image_episode("test", 0, i, max_objects=4)
+        words = next(q for q in ep.qas if q.kind == "caption").answer
+        regions = [(synthvis.ROWS.index(words[k + 7]), synthvis.COLS.index(words[k + 8])) for k in range(0, len(words), synthvis.CAPTION_PHRASE)]
+        assert regions == sorted(regions)
+        seen += len(set(regions)) > 2
+    assert seen > 10
+
+
 def test_caption_wordings_differ_in_function_words_only():
     import numpy as np
 
@@ -70,6 +81,32 @@ def test_vqa_answers_follow_from_the_scene():
                 plural = qa.question[2]
                 n = sum(synthvis.PLURALS[o.shape] == plural for o in scene.objects)
                 assert qa.answer == (synthvis.NUMBERS[n],)
+
+
+def test_relations_name_a_side_the_object_lies_wholly_on_among_the_options_asked():
+    wholly = {
+        "left": lambda a, b: a.col + a.side <= b.col, "right": lambda a, b: b.col + b.side <= a.col,
+        "above": lambda a, b: a.row + a.side <= b.row, "below": lambda a, b: b.row + b.side <= a.row,
+    }
+    asked = set()
+    for i in range(60):
+        ep = synthvis.image_episode("val", 1, i, max_objects=4)
+        for qa in (q for q in ep.qas if q.kind == "relation"):
+            a, b = (next(o for o in ep.scenes[0].objects if o.shape == qa.question[k]) for k in (2, -2))
+            options = qa.question[3], qa.question[5]
+            assert qa.question[4] == "or" and qa.answer[0] in options and wholly[qa.answer[0]](a, b)
+            asked.add((options, qa.answer[0]))
+    # both axes, both answers of each, and each answer as the first option and as the second
+    assert len(asked) == 8
+
+
+@pytest.mark.parametrize(("image_px", "max_objects"), [(32, 1), (64, 4), (96, 6)])  # the presets' pictures
+def test_objects_sit_clear_of_the_region_boundaries(image_px, max_objects):
+    grid = image_px // 4
+    for i in range(40):
+        for obj in synthvis.image_episode("train", 2, i, image_px=image_px, max_objects=max_objects).scenes[0].objects:
+            for centre in obj.centre:
+                assert min(abs(centre - grid / 3), abs(centre - 2 * grid / 3)) >= grid / 16
 
 
 def test_visual_tokens_dominate_text_tokens():

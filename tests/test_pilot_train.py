@@ -107,20 +107,18 @@ def test_grounding_marks_the_objects_each_word_is_about():
                     assert (here in synthvis.PLURALS.values() and predicted == "are") or (group == "caption" and predicted in (".", "<eos>")), (here, predicted)
             for qa in ep.qas:
                 targets = T.grounding_targets(ep, qa)
-                if qa.kind == "caption":  # the colour word of phrase k points at the k-th object in raster order,
-                    objects = sorted(ep.scenes[0].objects, key=lambda o: (o.row, o.col))  # as do its article and the separator before it
-                    answer = (*qa.answer, "<eos>")
+                if qa.kind == "caption":  # the content words of phrase k point at the object they describe,
+                    answer = (*qa.answer, "<eos>")  # as do its article and the separator before it
+                    objects = [described(ep.scenes[0], answer[k : k + synthvis.CAPTION_PHRASE]) for k in range(0, len(qa.answer), synthvis.CAPTION_PHRASE)]
                     for offset, refs in targets:
                         phrase, slot = divmod(offset, synthvis.CAPTION_PHRASE)
                         if slot not in synthvis.CAPTION_CONTENT_SLOTS:  # the separator before the next phrase, or its article (or <eos>)
                             following = phrase + (slot == synthvis.CAPTION_PHRASE - 1)
                             assert answer[offset] in (*synthvis.CAPTION_SEPARATORS, *synthvis.CAPTION_ARTICLES, "<eos>")
-                            assert [ident for _, ident in refs] == [o.ident for o in objects[following : following + 1]]
+                            assert [ident for _, ident in refs] == [ident for ident in objects[following : following + 1]]
                             continue
                         ((unit, ident),) = refs
-                        assert ident == objects[phrase].ident
-                        if slot == 2:
-                            assert answer[offset] == objects[phrase].colour
+                        assert ident == objects[phrase]
                     assert sum(not refs for _, refs in targets) == 2  # the last separator and <eos> point at nothing
                     continue
                 if qa.kind == "count" and qa.answer == ("zero",):
@@ -130,6 +128,13 @@ def test_grounding_marks_the_objects_each_word_is_about():
                     for unit, ident in refs:
                         obj = next(o for o in ep.scenes[unit].objects if o.ident == ident)
                         assert word in (obj.colour, obj.shape, synthvis.PLURALS[obj.shape])
+
+
+def described(scene: synthvis.Scene, phrase: tuple[str, ...]) -> int:
+    """The ident of the object a caption phrase describes: its size, colour, texture, shape and region."""
+    _, size, colour, texture, shape, _, _, row, col, _ = phrase
+    (ident,) = {o.ident for o in scene.objects if (o.size, o.colour, o.texture, o.shape, *scene.region(o)) == (size, colour, texture, shape, row, col)}
+    return ident
 
 
 def test_routing_looks_from_each_answer_at_its_questions_first_and_last_naming_word():
@@ -231,6 +236,8 @@ def test_answer_tokens_know_their_question_kind_and_every_kind_weighs_alike():
     assert float(T.caption_half_mean(values, groups, caption)) == pytest.approx((1 + (2 + 6) / 2) / 2)
     assert float(T.caption_half_mean(values[4:], groups[4:], caption)) == pytest.approx((2 + 6) / 2)
     assert float(T.caption_half_mean(values[:4], groups[:4], caption)) == pytest.approx(1.0)
+    # the count given three shares of the question half: (2 + 3 * 6) / 4
+    assert float(T.caption_half_mean(values, groups, caption, {count: 3.0})) == pytest.approx((1 + (2 + 3 * 6) / 4) / 2)
 
 
 def test_checkpoint_key_changes_with_the_config():
