@@ -158,16 +158,6 @@ class Scene:
         third = self.grid / 3
         return ROWS[min(int(r // third), 2)], COLS[min(int(c // third), 2)]
 
-    def reading_order(self) -> list[WorldObject]:
-        """The objects region by region, top left to bottom right (`region`), and in raster order
-        of their top-left patch within a region: the order a caption follows, so the region words
-        it has written say which objects are still to come."""
-        def key(obj: WorldObject) -> tuple[int, int, int, int]:
-            row, col = self.region(obj)
-            return ROWS.index(row), COLS.index(col), obj.row, obj.col
-
-        return sorted(self.objects, key=key)
-
 
 @cache
 def _shape_mask(shape: str, side_px: int) -> np.ndarray:
@@ -382,7 +372,7 @@ CAPTION_CONTENT_SLOTS = (1, 2, 3, 4, 7, 8)  # the words of a phrase that describ
 
 
 def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> tuple[str, ...]:
-    """'a large red striped circle at the top left . the small ...', the objects in reading order.
+    """'a large red striped circle at the top left . the small ...' in raster order of the objects.
 
     The content words (size, colour, texture, shape, region) follow from the picture; the function
     words do not: with `rng`, each phrase draws its article, preposition and separator at random, so
@@ -391,7 +381,7 @@ def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> tuple
     def pick(options: tuple[str, ...]) -> str:
         return options[0] if rng is None else options[int(rng.integers(len(options)))]
 
-    objects = scene.reading_order()
+    objects = sorted(scene.objects, key=lambda o: (o.row, o.col))
     words: list[str] = []
     for i, obj in enumerate(objects):
         row, col = scene.region(obj)
