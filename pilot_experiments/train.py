@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -67,7 +66,6 @@ class TrainConfig:
     family_weights: tuple[float, float, float] = (0.6, 0.15, 0.25)  # image, multi, video
     pools: tuple[int, ...] = (1,)
     probe_weight: float = 1.0
-    relation_share: float = 3.0  # shares of the question half for relations, every other kind 1 (`batch_loss`)
     grounding_weight: float = 1.0
     grounding_layer: int = 1  # the first hop; the second is the layer above
     bf16: bool = True  # bf16 autocast for the training steps (weights stay fp32), on CPU as on CUDA;
@@ -303,20 +301,17 @@ def routing_masks(episodes: list[synthvis.Episode], text_start: int, length: int
     return masks
 
 
-def caption_half_mean(values: torch.Tensor, groups: torch.Tensor, caption: int, shares: Mapping[int, float] | None = None) -> torch.Tensor:
+def caption_half_mean(values: torch.Tensor, groups: torch.Tensor, caption: int) -> torch.Tensor:
     """Mean of `values` (1-D) in which the entries of group `caption` weigh ½ and every other group
-    an equal share of the other ½, or `shares[group]` shares of it (when only one side is present,
-    it weighs everything). Used for both losses that mix captions and questions, so that the rare
-    kinds of question count as much as the common ones and the long captions as much as all the
-    questions."""
+    an equal share of the other ½ (when only one side is present, it weighs everything). Used for
+    both losses that mix captions and questions, so that the rare kinds of question count as much
+    as the common ones and the long captions as much as all the questions."""
     parts = []
     if bool((groups == caption).any()):
         parts.append(values[groups == caption].mean())
-    present = groups[groups != caption].unique().tolist()
-    if present:
-        weights = torch.tensor([(shares or {}).get(g, 1.0) for g in present], device=values.device)
-        means = torch.stack([values[groups == g].mean() for g in present])
-        parts.append((means * weights).sum() / weights.sum())
+    others = [values[groups == g].mean() for g in groups[groups != caption].unique()]
+    if others:
+        parts.append(torch.stack(others).mean())
     return torch.stack(parts).mean()
 
 
@@ -363,7 +358,7 @@ def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor 
 
 def batch_loss(
     model: LVLM, episodes: list[synthvis.Episode], tok: synthvis.Tokenizer, pool: int = 1, probe: PatchProbe | None = None, *,
-    probe_weight: float = 1.0, relation_share: float = 1.0, grounding_weight: float = 0.0, grounding_layer: int = 1,
+    probe_weight: float = 1.0, grounding_weight: float = 0.0, grounding_layer: int = 1,
 ) -> tuple[torch.Tensor, float]:
     """Answer-token cross-entropy, captions ½ and each kind of question an equal share of the
     other ½ (`caption_half_mean`) (plus, at pool 1, the probe's patch loss when a probe is given
@@ -385,8 +380,7 @@ def batch_loss(
     pred = logits[:, offset - 1 : -1]
     mask = batch.loss_mask.to(device)
     kind = batch.kind.to(device)[mask]
-    shares = {1 + synthvis.QA_KINDS.index("relation"): relation_share}
-    loss = caption_half_mean(F.cross_entropy(pred[mask].float(), text[mask], reduction="none"), kind, 1 + synthvis.QA_KINDS.index("caption"), shares)
+    loss = caption_half_mean(F.cross_entropy(pred[mask].float(), text[mask], reduction="none"), kind, 1 + synthvis.QA_KINDS.index("caption"))
     acc = (pred[mask].argmax(-1) == text[mask]).float().mean().item()
     if probe is not None and pool == 1:
         # the probe scores what each patch shows, not the place words it carries
@@ -507,7 +501,7 @@ def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: boo
             model.train()
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.bf16):
                 loss, _ = batch_loss(
-                    model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, probe_weight=tc.probe_weight, relation_share=tc.relation_share,
+                    model, episodes, tok, int(pools[step]) if family != "video" else 1, probe, probe_weight=tc.probe_weight,
                     grounding_weight=tc.grounding_weight, grounding_layer=tc.grounding_layer,
                 )
             opt.zero_grad(set_to_none=True)

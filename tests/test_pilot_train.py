@@ -236,8 +236,6 @@ def test_answer_tokens_know_their_question_kind_and_every_kind_weighs_alike():
     assert float(T.caption_half_mean(values, groups, caption)) == pytest.approx((1 + (2 + 6) / 2) / 2)
     assert float(T.caption_half_mean(values[4:], groups[4:], caption)) == pytest.approx((2 + 6) / 2)
     assert float(T.caption_half_mean(values[:4], groups[:4], caption)) == pytest.approx(1.0)
-    # the count given three shares of the question half: (2 + 3 * 6) / 4
-    assert float(T.caption_half_mean(values, groups, caption, {count: 3.0})) == pytest.approx((1 + (2 + 3 * 6) / 4) / 2)
 
 
 def test_checkpoint_key_changes_with_the_config():
