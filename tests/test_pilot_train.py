@@ -115,7 +115,7 @@ def test_grounding_marks_the_objects_each_word_is_about():
                         if slot not in synthvis.CAPTION_CONTENT_SLOTS:  # the separator before the next phrase, or its article (or <eos>)
                             following = phrase + (slot == synthvis.CAPTION_PHRASE - 1)
                             assert answer[offset] in (*synthvis.CAPTION_SEPARATORS, *synthvis.CAPTION_ARTICLES, "<eos>")
-                            assert [ident for _, ident in refs] == [ident for ident in objects[following : following + 1]]
+                            assert [ident for _, ident in refs] == objects[following : following + 1]
                             continue
                         ((unit, ident),) = refs
                         assert ident == objects[phrase]
