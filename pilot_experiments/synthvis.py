@@ -158,6 +158,10 @@ class Scene:
         third = self.grid / 3
         return ROWS[min(int(r // third), 2)], COLS[min(int(c // third), 2)]
 
+    def caption_order(self) -> list[WorldObject]:
+        """The objects in the order a caption describes them: raster order of their top-left patch."""
+        return sorted(self.objects, key=lambda o: (o.row, o.col))
+
 
 @cache
 def _shape_mask(shape: str, side_px: int) -> np.ndarray:
@@ -217,13 +221,13 @@ def random_scene(rng: np.random.Generator, grid: int, n_objects: int, *, unique_
         raise SynthVisError(f"at most {len(SHAPES)} objects with unique shapes")
     shapes = rng.permutation(SHAPES)[:n_objects] if unique_shapes else rng.choice(SHAPES, n_objects)
     looks = [(str(rng.choice(list(COLOURS))), str(rng.choice(list(SIZES))), str(rng.choice(TEXTURES))) for _ in shapes]
+    starts = {side: [s for s in range(grid - side + 1) if _inside_band(s, side, grid)] for side in SIZES.values()}
     for _ in range(100):
         occupied = np.zeros((grid + 2, grid + 2), dtype=bool)
         objects = []
         for ident, (shape, (colour, size, texture)) in enumerate(zip(shapes, looks)):
             side = SIZES[size]
-            starts = [s for s in range(grid - side + 1) if _inside_band(s, side, grid)]
-            row, col = (starts[int(i)] for i in rng.integers(0, len(starts), size=2))
+            row, col = (starts[side][int(i)] for i in rng.integers(0, len(starts[side]), size=2))
             if occupied[row : row + side + 2, col : col + side + 2].any():
                 break
             occupied[row + 1 : row + side + 1, col + 1 : col + side + 1] = True
@@ -381,7 +385,7 @@ def caption_words(scene: Scene, rng: np.random.Generator | None = None) -> tuple
     def pick(options: tuple[str, ...]) -> str:
         return options[0] if rng is None else options[int(rng.integers(len(options)))]
 
-    objects = sorted(scene.objects, key=lambda o: (o.row, o.col))
+    objects = scene.caption_order()
     words: list[str] = []
     for i, obj in enumerate(objects):
         row, col = scene.region(obj)
@@ -417,16 +421,17 @@ def relation_question(a: WorldObject, b: WorldObject, rng: np.random.Generator, 
     order, in the form of GQA's relation questions (Hudson and Manning 2019). Objects never
     overlap, so such an axis exists, and "left" always means wholly to the left: the answer follows
     from the picture, never from a tie-break between two axes."""
+    left, right, above, below = RELATIONS
     axes = []
     if a.col + a.side <= b.col or b.col + b.side <= a.col:
-        axes.append(("left", "right") if a.col < b.col else ("right", "left"))
+        axes.append((left, right) if a.col < b.col else (right, left))
     if a.row + a.side <= b.row or b.row + b.side <= a.row:
-        axes.append(("above", "below") if a.row < b.row else ("below", "above"))
+        axes.append((above, below) if a.row < b.row else (below, above))
     if not axes:
         raise SynthVisError(f"objects {a.ident} and {b.ident} overlap; a relation needs them apart")
     answer, other = axes[int(rng.integers(len(axes)))]
     options = (answer, "or", other) if rng.random() < 0.5 else (other, "or", answer)
-    of = ("of",) if answer in ("left", "right") else ()
+    of = ("of",) if answer in (left, right) else ()
     return QA("relation", ("is", "the", a.shape, *options, *of, "the", b.shape, "?"), (answer,), ((unit, a.ident), (unit, b.ident)))
 
 

@@ -224,9 +224,9 @@ class PatchProbe(torch.nn.Module):
 
 def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
     """What the words of `qa` are about in the pictures: (offset, ((unit, object ident), ...))
-    pairs, offsets counted from the <ans> token. A caption's phrase k describes the k-th object in
-    raster order, so the positions that predict its content words (offset i predicts answer word i)
-    point at that object; the two that decide whether phrase k follows at all (the one predicting
+    pairs, offsets counted from the <ans> token. A caption's phrase k describes the k-th object of
+    `Scene.caption_order`, so the positions that predict its content words (offset i predicts
+    answer word i) point at that object; the two that decide whether phrase k follows at all (the one predicting
     the separator before it and the one predicting its article, or <eos> after the last phrase)
     point at it too, or at no object when there is none left. In a question, each word that names a
     colour or shape of an object the question refers to (negative offsets) points at those objects,
@@ -236,7 +236,7 @@ def grounding_targets(episode: synthvis.Episode, qa: synthvis.QA) -> list[tuple[
     so "nothing" is a place the answer can read too."""
     if qa.kind == "caption":
         unit = qa.objects[0][0] if qa.objects else 0
-        objects = sorted(episode.scenes[unit].objects, key=lambda o: (o.row, o.col))
+        objects = episode.scenes[unit].caption_order()
         described = [(synthvis.CAPTION_PHRASE * k + slot, ((unit, o.ident),)) for k, o in enumerate(objects) for slot in synthvis.CAPTION_CONTENT_SLOTS]
         following = [((unit, o.ident),) for o in objects] + [()]  # offset 10k - 1 predicts the separator before phrase k, 10k its article
         return described + [(synthvis.CAPTION_PHRASE * k + slot, refs) for k, refs in enumerate(following) for slot in (-1, 0) if synthvis.CAPTION_PHRASE * k + slot >= 0]
