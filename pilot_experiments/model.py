@@ -10,7 +10,8 @@ and read by a decoder-only LM: RoPE, grouped-query attention through
 `scaled_dot_product_attention`, RMSNorm, SwiGLU, tied embeddings. Prefill and decode go through an
 explicit `KVCache` (kvcache.py). With `need_attn=True` every layer also returns its attention
 weights per query head, computed explicitly (slower; the default path never materialises them);
-`need_attn={layer: heads}` computes just those heads' weights, beside the fast path.
+`need_attn={layer: heads}` computes just those heads' weights, beside the fast path, and with
+`attn_rows` only for the query positions a loss needs.
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ class Attention(nn.Module):
         self.kv = nn.Linear(cfg.lm_dim, 2 * cfg.lm_kv_heads * cfg.head_dim, bias=False)
         self.o = nn.Linear(cfg.lm_heads * cfg.head_dim, cfg.lm_dim, bias=False)
 
-    def forward(self, x, inputs: Inputs, layer_cache, attn_bias, need_attn):
+    def forward(self, x, inputs: Inputs, layer_cache, attn_bias, need_attn, attn_rows=None):
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
         k, v = self.kv(x).view(b, t, 2, self.kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -262,22 +263,30 @@ class Attention(nn.Module):
         weights = None
         if need_attn is True:
             kk, vv = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            weights = self._weights(q, kk, mask, t)
+            weights = self._weights(q, kk, mask, torch.arange(t, device=x.device).expand(b, -1), t)
             out = (weights @ vv.float()).to(q.dtype)
         else:
             causal = mask is None and t > 1
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
-            if need_attn:  # just these query heads' weights, beside the fast path's output
+            if need_attn:  # just these query heads' weights (at these rows), beside the fast path's output
                 heads = torch.tensor(list(need_attn), device=x.device)
+                q_rows, rows = q[:, heads], torch.arange(t, device=x.device).expand(b, -1)
                 head_mask = None if mask is None else mask if mask.shape[1] == 1 else mask[:, heads]
-                weights = self._weights(q[:, heads], k[:, heads // group], head_mask, t)
+                if attn_rows is not None:
+                    rows = attn_rows
+                    q_rows = q_rows.gather(2, rows[:, None, :, None].expand(-1, len(heads), -1, self.head_dim))
+                    if head_mask is not None:
+                        head_mask = head_mask.gather(2, rows[:, None, :, None].expand(-1, head_mask.shape[1], -1, head_mask.shape[-1]))
+                weights = self._weights(q_rows, k[:, heads // group], head_mask, rows, t)
         return self.o(out.transpose(1, 2).reshape(b, t, -1)), weights
 
-    def _weights(self, q, k, mask, t):
-        """softmax(q k^T / sqrt(d) + mask) in fp32, causal over the last `t` keys when `mask` is None."""
+    def _weights(self, q, k, mask, rows, t):
+        """softmax(q k^T / sqrt(d) + mask) in fp32 for the queries q (batch, heads, R, d) at `rows`
+        (batch, R) of this call's `t` new tokens, the last `t` of the keys; causal when `mask` is None."""
         scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)
         if mask is None:
-            mask = torch.zeros_like(scores).masked_fill_(~torch.ones_like(scores, dtype=torch.bool).tril(scores.shape[-1] - t), float("-inf"))
+            future = torch.arange(k.shape[-2], device=q.device) > (rows + k.shape[-2] - t)[..., None]
+            mask = torch.zeros_like(scores).masked_fill_(future[:, None], float("-inf"))
         return torch.softmax(scores + mask.float(), dim=-1)
 
 
@@ -288,8 +297,8 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp = SwiGLU(cfg.lm_dim, _hidden(cfg.lm_dim))
 
-    def forward(self, x, inputs, layer_cache, attn_bias, need_attn):
-        h, weights = self.attn(self.attn_norm(x), inputs, layer_cache, attn_bias, need_attn)
+    def forward(self, x, inputs, layer_cache, attn_bias, need_attn, attn_rows=None):
+        h, weights = self.attn(self.attn_norm(x), inputs, layer_cache, attn_bias, need_attn, attn_rows)
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), weights
 
@@ -386,20 +395,25 @@ class LVLM(nn.Module):
         return Inputs(self.embed(token_ids), positions, modality, torch.full_like(token_ids, -1), token_ids)
 
     # -- running --------------------------------------------------------------------------------
-    def forward(self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool | Mapping[int, Sequence[int]] = False) -> Output:
+    def forward(
+        self, inputs: Inputs, cache: KVCache | None = None, *, attn_bias=None, need_attn: bool | Mapping[int, Sequence[int]] = False,
+        attn_rows: torch.Tensor | None = None,
+    ) -> Output:
         """Run the LM over `inputs`. Without a cache: causal attention over the sequence, plus an
         optional additive `attn_bias` (batch, kv_heads, T, T), or (batch, 1, T, T) for every head
         alike, or a list of one per layer. With a cache: the new entries are appended and attention
         covers every valid cached entry.
         `need_attn`: True for every layer's attention weights, or {layer: query heads} for just
         those heads' weights (batch, len(heads), T, L), computed beside the fast path; None in
-        `Output.attn` for the layers not asked."""
+        `Output.attn` for the layers not asked. `attn_rows` (batch, R) long: with a mapping, those
+        heads' weights for just the queries at these indices of `inputs` (batch, len(heads), R, L),
+        for a loss on a few rows (training's grounding), at a fraction of the T x L cost."""
         x = inputs.embeds
         attn = [] if need_attn else None
         for i, block in enumerate(self.blocks):
             bias = attn_bias[i] if isinstance(attn_bias, (list, tuple)) else attn_bias
             wanted = need_attn if isinstance(need_attn, bool) else need_attn.get(i, ())
-            x, weights = block(x, inputs, None if cache is None else cache[i], bias, wanted)
+            x, weights = block(x, inputs, None if cache is None else cache[i], bias, wanted, attn_rows)
             if need_attn:
                 attn.append(weights)
         if cache is not None:

@@ -337,9 +337,24 @@ def answer_masks(first: torch.Tensor, groups: torch.Tensor, second: torch.Tensor
     return third, third_groups
 
 
+def grounded_rows(mask: torch.Tensor) -> torch.Tensor:
+    """(B, R) long: the positions whose rows `mask` (B, T, T) marks, in order, each sequence padded
+    with unmarked positions to the longest count R. The grounding losses need the hop heads'
+    attention at these rows only (`LVLM.forward`'s `attn_rows`): on an image batch of the cpu
+    preset, about a fifth of the T x T weights."""
+    marked = mask.any(-1)
+    return marked.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, : int(marked.sum(1).max())]
+
+
+def take_rows(mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(..., B, R, T): the rows `rows` (B, R) of `mask` (..., B, T, T)."""
+    index = rows[..., None].expand(*mask.shape[:-2], -1, mask.shape[-1])
+    return mask.gather(-2, index)
+
+
 def grounding_loss(attn: torch.Tensor, mask: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean -log of the attention mass (attn (B, T, T), one head) that each grounded row of `mask`
-    puts on the positions it marks: an object's visual tokens (first hop) or the question's naming
+    """Mean -log of the attention mass (attn (B, R, T), one head, at the rows of `mask` (B, R, T))
+    that each grounded row of `mask` puts on the positions it marks: an object's visual tokens (first hop) or the question's naming
     words (second hop). Supervised attention, as in Qiao et al. 2018
     ("Exploring Human-like Attention Supervision in Visual Question Answering"), with the world's
     own object masks as the supervision. With `groups` ((B, T), `grounding_mask`'s), captions and
@@ -371,12 +386,24 @@ def batch_loss(
     batch = pack(episodes, tok)
     inputs = model.embed_prompt(batch.pixels.to(device), batch.times.to(device), batch.text.to(device), pool)
     bias = isolate_questions(inputs, batch)
-    grounded = grounding_weight > 0 and pool == 1
-    hops = {grounding_layer: [0], grounding_layer + 1: [0, 1], grounding_layer + 2: [0, 1]}
-    out = model(inputs, attn_bias=bias.to(inputs.embeds.dtype), need_attn=hops if grounded else False)
-    logits = out.logits
     text = batch.text.to(device)
     offset = inputs.length - text.shape[1]  # text starts here; token i is predicted at i - 1
+    grounded = grounding_weight > 0 and pool == 1
+    hops, rows = False, None
+    if grounded:
+        unit_len = (offset - 1) // batch.pixels.shape[1]
+        first, groups = grounding_mask(episodes, offset, unit_len, inputs.length)
+        second = routing_masks(episodes, offset, inputs.length)
+        third, third_groups = answer_masks(first, groups, second)
+        rows = grounded_rows(first | second.any(0))
+        first, second, third = (take_rows(m, rows).to(device) for m in (first, second, third))
+        groups, third_groups = (g.gather(1, rows).to(device) for g in (groups, third_groups))
+        rows = rows.to(device)
+        hops = {grounding_layer: [0], grounding_layer + 1: [0, 1], grounding_layer + 2: [0, 1]}
+    # the bias in the dtype attention runs in (bf16 under autocast), converted once rather than per layer
+    dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else inputs.embeds.dtype
+    out = model(inputs, attn_bias=bias.to(dtype), need_attn=hops, attn_rows=rows)
+    logits = out.logits
     pred = logits[:, offset - 1 : -1]
     mask = batch.loss_mask.to(device)
     kind = batch.kind.to(device)[mask]
@@ -388,15 +415,11 @@ def batch_loss(
         visual = (inputs.embeds[inputs.modality == VISUAL].unflatten(0, (-1, place.shape[0])) - place).flatten(0, 1)
         loss = loss + probe_weight * probe.loss(visual, patch_labels(episodes).to(device), model.embed.weight)
     if grounded:
-        unit_len = (offset - 1) // batch.pixels.shape[1]
-        first, groups = grounding_mask(episodes, offset, unit_len, inputs.length)
-        second = routing_masks(episodes, offset, inputs.length)
-        third, third_groups = answer_masks(first, groups, second)
-        hop_losses = [grounding_loss(out.attn[grounding_layer][:, 0], first.to(device), groups.to(device))] if bool(first.any()) else []
+        hop_losses = [grounding_loss(out.attn[grounding_layer][:, 0], first, groups)] if bool(first.any()) else []
         if bool(second.any()):  # the second and third hops: <ans> rows, which captions lack
             second_attn, third_attn = out.attn[grounding_layer + 1], out.attn[grounding_layer + 2]
-            hop_losses.append(torch.stack([grounding_loss(second_attn[:, head], second[head].to(device)) for head in (0, 1)]).mean())
-            hop_losses.append(torch.stack([grounding_loss(third_attn[:, head], third[head].to(device), third_groups.to(device)) for head in (0, 1)]).mean())
+            hop_losses.append(torch.stack([grounding_loss(second_attn[:, head], second[head]) for head in (0, 1)]).mean())
+            hop_losses.append(torch.stack([grounding_loss(third_attn[:, head], third[head], third_groups) for head in (0, 1)]).mean())
         if hop_losses:
             loss = loss + grounding_weight * torch.stack(hop_losses).sum()
     return loss, acc

@@ -129,6 +129,22 @@ def test_attention_weights_of_chosen_layers_and_heads_only(model):
     assert float(broadcast.attn[1][:, :, 6:, 3:6].sum()) == 0.0
 
 
+def test_attention_weights_of_chosen_rows_are_those_rows_of_the_full_weights(model):
+    inputs = prompt(model)
+    heads = [TINY.lm_heads - 1, 0]
+    rows = torch.tensor([[inputs.length - 1, 2, 0, 7]])
+    bias = torch.zeros(1, 1, inputs.length, inputs.length).masked_fill(torch.ones(inputs.length, inputs.length, dtype=torch.bool).triu(1), float("-inf"))
+    bias[..., 7:, 3:6] = float("-inf")
+    for attn_bias in (None, bias):  # causal by default, and under a bias of its own
+        with torch.no_grad():
+            every = model(inputs, attn_bias=attn_bias, need_attn={1: heads})
+            chosen = model(inputs, attn_bias=attn_bias, need_attn={1: heads}, attn_rows=rows)
+        torch.testing.assert_close(chosen.logits, every.logits)
+        assert chosen.attn[1].shape == (1, len(heads), rows.shape[1], inputs.length)
+        torch.testing.assert_close(chosen.attn[1], every.attn[1][:, :, rows[0]])
+    assert float(chosen.attn[1][:, :, 3, 3:6].sum()) == 0.0 and float(chosen.attn[1][:, :, 1, 3:].sum()) == 0.0
+
+
 def test_decode_attention_weights_cover_the_cache(model):
     inputs = prompt(model)
     cache = model.new_cache()

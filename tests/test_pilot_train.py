@@ -205,6 +205,28 @@ def test_grounding_loss_falls_as_attention_moves_onto_the_objects():
     assert float(T.grounding_loss(uniform, mask)) == pytest.approx(-torch.log(torch.tensor(2 / 6)).item())
 
 
+def test_grounding_on_the_grounded_rows_alone_loses_nothing():
+    """The loss on the rows `grounded_rows` picks equals the loss on the whole T x T weights, for
+    every hop of a real batch, with rows of different counts per sequence."""
+    tok = synthvis.Tokenizer()
+    episodes = [T.family_episode("image", "val", 0, i, T.train_config("cpu")) for i in range(4)]
+    batch = T.pack(episodes, tok)
+    unit_len = 1 + (batch.pixels.shape[-2] // 4) ** 2
+    start = 1 + unit_len
+    length = start + batch.text.shape[1]
+    first, groups = T.grounding_mask(episodes, start, unit_len, length)
+    second = T.routing_masks(episodes, start, length)
+    third, third_groups = T.answer_masks(first, groups, second)
+    rows = T.grounded_rows(first | second.any(0))
+    counts = (first | second.any(0)).any(-1).sum(1)
+    assert rows.shape == (len(episodes), int(counts.max())) and len(set(counts.tolist())) > 1
+    attn = torch.softmax(torch.randn(len(episodes), length, length), dim=-1)
+    for mask, group in ((first, groups), (second[0], None), (third[1], third_groups)):
+        on_rows = T.grounding_loss(T.take_rows(attn, rows), T.take_rows(mask, rows), None if group is None else group.gather(1, rows))
+        torch.testing.assert_close(on_rows, T.grounding_loss(attn, mask, group))
+    assert int(T.take_rows(first, rows).any(-1).sum()) == int(first.any(-1).sum())
+
+
 def test_grounding_captions_and_questions_weigh_the_same_and_so_do_the_question_groups():
     caption, shape, colour = (1 + T.GROUNDING_GROUPS.index(g) for g in ("caption", "shape", "colour"))
     mask = torch.zeros(1, 6, 6, dtype=torch.bool)
