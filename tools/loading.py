@@ -150,15 +150,26 @@ def _too_deep(loaded: LoadedFile) -> bool:
             if isinstance(event, yaml.CollectionStartEvent):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    line = event.start_mark.line + 1
-                    loaded.problem(line, _field_at_line(loaded.text, line),
-                                   f"lists and mappings nested more than {MAX_DEPTH} levels deep; a paper needs 2")
+                    _report_too_deep(loaded, event.start_mark)
                     return True
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
-    except yaml.YAMLError:
+    except yaml.MarkedYAMLError as exc:
+        # libyaml from 0.2.6 (PyYAML 6.0.4's wheels) stops at its own nesting limit while it scans ahead,
+        # before the parser hands over the event that would cross ours.
+        if exc.problem and "maximum nesting depth" in exc.problem:
+            _report_too_deep(loaded, exc.problem_mark)
+            return True
         return False  # the parse proper reports the syntax error
+    except yaml.YAMLError:
+        return False
     return False
+
+
+def _report_too_deep(loaded: LoadedFile, mark: yaml.Mark | None) -> None:
+    line = mark.line + 1 if mark else None
+    loaded.problem(line, _field_at_line(loaded.text, line),
+                   f"lists and mappings nested more than {MAX_DEPTH} levels deep; a paper needs 2")
 
 
 def _report_bad_value(loaded: LoadedFile, exc: Exception) -> None:
