@@ -89,7 +89,7 @@ def test_relations_name_a_side_the_object_lies_wholly_on_among_the_options_asked
     assert len(asked) == 8
 
 
-@pytest.mark.parametrize(("image_px", "max_objects"), [(32, 1), (64, 4), (96, 6)])  # the presets' pictures
+@pytest.mark.parametrize(("image_px", "max_objects"), [(32, 1), (48, 4), (64, 4), (96, 6)])  # the presets' pictures and the default
 def test_objects_sit_clear_of_the_region_boundaries(image_px, max_objects):
     grid = image_px // 4
     for i in range(40):
