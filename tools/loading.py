@@ -154,15 +154,13 @@ def _too_deep(loaded: LoadedFile) -> bool:
                     return True
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
-    except yaml.MarkedYAMLError as exc:
-        # libyaml from 0.2.6 (PyYAML 6.0.4's wheels) stops at its own nesting limit while it scans ahead,
-        # before the parser hands over the event that would cross ours.
-        if exc.problem and "maximum nesting depth" in exc.problem:
+    except yaml.YAMLError as exc:
+        # The libyaml in PyYAML 6.0.4's wheels stops at a nesting limit of its own while it scans ahead,
+        # before the parser hands over the event that would cross ours; any other error is a syntax
+        # error, which the parse proper reports.
+        if isinstance(exc, yaml.MarkedYAMLError) and "maximum nesting depth" in (exc.problem or ""):
             _report_too_deep(loaded, exc.problem_mark)
             return True
-        return False  # the parse proper reports the syntax error
-    except yaml.YAMLError:
-        return False
     return False
 
 
