@@ -23,9 +23,10 @@ def repo_root() -> Path:
 
 @pytest.fixture
 def tiny_repo(tmp_path: Path) -> Path:
-    """A repository with the real taxonomy and one valid paper (tests/fixtures/fastv-2024.yaml)."""
+    """A repository with the real taxonomy and vocabulary and one valid paper (tests/fixtures/fastv-2024.yaml)."""
     (tmp_path / "taxonomy").mkdir()
-    shutil.copy(ROOT / "taxonomy" / "taxonomy.yaml", tmp_path / "taxonomy" / "taxonomy.yaml")
+    for name in ("taxonomy.yaml", "vocabulary.yaml"):
+        shutil.copy(ROOT / "taxonomy" / name, tmp_path / "taxonomy" / name)
     (tmp_path / "papers").mkdir()
     shutil.copy(FIXTURES / "fastv-2024.yaml", tmp_path / "papers" / "fastv-2024.yaml")
     return tmp_path

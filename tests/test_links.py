@@ -154,7 +154,8 @@ def write_paper(folder: Path, paper_id: str, code: str) -> None:
 def test_cli_reports_dead_links_with_their_files(server, tmp_path, capsys):
     (tmp_path / "papers").mkdir()
     (tmp_path / "taxonomy").mkdir()
-    shutil.copy(ROOT / "taxonomy" / "taxonomy.yaml", tmp_path / "taxonomy" / "taxonomy.yaml")
+    for name in ("taxonomy.yaml", "vocabulary.yaml"):
+        shutil.copy(ROOT / "taxonomy" / name, tmp_path / "taxonomy" / name)
     write_paper(tmp_path / "papers", "alive-2024", f"{server.base}/live")
     write_paper(tmp_path / "papers", "gone-2024", f"{server.base}/dead")
     status = main(["-C", str(tmp_path), "check-links", "--timeout", "2", "--retries", "0"])

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.site.sitebuild import HOSTILE_TITLE, ROOT, BuiltSite, build_fixture_site, copy_fixture
-from tools import bibtex, loading, site_hook
+from tools import bibtex, repository, site_hook
 from tools.errors import DataError
 
 pytestmark = pytest.mark.slow
@@ -213,7 +213,7 @@ def test_javascript_urls_are_refused_by_validation(tmp_path):
     text = text.replace("code: https://github.com/pkunlp-icler/FastV", "code: javascript:alert(1)")
     (tmp_path / "papers" / "fastv-2024.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(DataError) as caught:
-        loading.load_repository(tmp_path)
+        repository.load_repository(tmp_path)
     assert any(problem.field == "code" for problem in caught.value.problems)
 
 

@@ -73,6 +73,17 @@ EXPECTED = {
     "wrong-type-year": "papers/wrong-type-year.yaml:8: year: 'twenty twenty-four' is not a whole number; write it "
                        "like year: 2024",
     "yaml-syntax-error": "papers/yaml-syntax-error.yaml:7: authors: YAML syntax error while parsing a flow sequence",
+    "internal-node": "papers/internal-node.yaml:15: taxonomy.0: 'prefilling/token-compression' has sub-nodes; "
+                     "place the paper at the one that fits: prefilling/token-compression/diversity-guided",
+    "model-alias": "papers/model-alias.yaml:19: models.0: 'LLaVA-v1.5-7B' is written 'LLaVA-1.5-7B' here",
+    "unknown-benchmark": "papers/unknown-benchmark.yaml:19: benchmarks.1: 'MMBanch' is not in "
+                         "taxonomy/vocabulary.yaml; did you mean 'MMBench'?",
+    "name-case-of-title": "papers/name-case-of-title.yaml:3: name: 'EXAMPLE' is the title's own 'Example' in "
+                          "another case; write name: Example",
+    "unverified-new-entry": "papers/unverified-new-entry.yaml:21: sources: an entry the survey does not mention "
+                            "needs 'verified_from'",
+    "announced-after-added": "papers/announced-after-added.yaml:22: announced: 2026-12-01 is after added "
+                             "(2026-11-21)",
     "duplicate-key": "papers/duplicate-key.yaml:10: title: appears twice; YAML keeps only the last one",
     # Duplicates of the valid fixture papers/fastv-2024.yaml: the later file in name order is the one reported.
     "duplicate-arxiv": "papers/fastv-2024.yaml:16: arxiv: '2403.06764' is already used by papers/duplicate-arxiv.yaml",

@@ -11,7 +11,7 @@ import pytest
 
 from tools.bench import write_synthetic_repository
 from tools.cli import main
-from tools.loading import load_repository
+from tools.repository import load_repository
 
 
 def test_synthetic_papers_are_valid_and_unique(repo_root: Path, tmp_path: Path) -> None:

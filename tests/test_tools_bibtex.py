@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tools.bibtex import citation_key, export_bibtex, import_bibtex, paper_bibtex
 from tools.cli import main
-from tools.loading import load_repository
+from tools.repository import load_repository
 from tools.models import Paper
 
 EXPORTED_FIELDS = ("title", "authors", "year", "venue", "venue_type", "arxiv", "doi", "url")

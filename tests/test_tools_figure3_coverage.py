@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.loading import load_repository
+from tools.repository import load_repository
 
 E = "encoding"
 P = "prefilling"

@@ -9,7 +9,7 @@ import pytest
 
 from tools.cli import main
 from tools.errors import UsageError
-from tools.loading import load_repository
+from tools.repository import load_repository
 from tools.readme import END, GENERATED, START, render_readme
 from tools.stats import compute_stats
 

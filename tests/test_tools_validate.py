@@ -11,7 +11,7 @@ import pytest
 
 from tools.cli import main
 from tools.errors import DataError
-from tools.loading import load_repository
+from tools.repository import load_repository
 from tools.schema import SCHEMA_FILE, paper_schema
 
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import pydantic
 import yaml
 
-from tools.loading import TAXONOMY_FILE, SafeLoader, load_repository, load_taxonomy
+from tools.loading import TAXONOMY_FILE, VOCABULARY_FILE, SafeLoader, load_taxonomy
+from tools.repository import load_repository
 from tools.models import PlacedNode
 
 SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -69,7 +70,8 @@ def synthetic_paper(index: int, rng: random.Random, leaves: list[PlacedNode], vo
 
 def write_synthetic_repository(root: Path, count: int, source_root: Path, seed: int = 0) -> list[Path]:
     (root / "taxonomy").mkdir(parents=True)
-    shutil.copy(source_root / TAXONOMY_FILE, root / TAXONOMY_FILE)
+    for relative in (TAXONOMY_FILE, VOCABULARY_FILE):
+        shutil.copy(source_root / relative, root / relative)
     (root / "papers").mkdir()
     nodes = load_taxonomy(root).flatten()
     leaves = [node for node in nodes.values() if not node.node.children]

@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 
 from tools.errors import display_path
-from tools.loading import load_repository, load_taxonomy
+from tools.loading import load_taxonomy
+from tools.repository import load_repository
 from tools.scaffold import check_node, duplicate_of, existing_papers, make_draft, write_drafts
 
 

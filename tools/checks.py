@@ -6,6 +6,7 @@ identical) are printed for a human to judge.
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import re
 import unicodedata
@@ -16,18 +17,24 @@ from rapidfuzz import fuzz
 
 from tools.errors import Problem
 from tools.loading import LoadedPaper, line_of
-from tools.models import PlacedNode, VenueType
+from tools.models import SURVEY_SOURCES, PlacedNode, VenueType, Vocabulary
 
 NEAR_DUPLICATE_SCORE = 95.0  # rapidfuzz ratio (0-100) of normalised titles from which two papers are flagged
 NON_WORD = re.compile(r"[\W_]+")
 
 
-def check_papers(loaded: list[LoadedPaper], nodes: dict[str, PlacedNode]) -> tuple[list[Problem], list[Problem]]:
+def check_papers(loaded: list[LoadedPaper], nodes: dict[str, PlacedNode],
+                 vocabulary: Vocabulary) -> tuple[list[Problem], list[Problem]]:
     errors: list[Problem] = []
+    spellings = {field: vocabulary.spellings(field) for field in VOCABULARY_FIELDS}
     for record in loaded:
         errors += check_file_name(record)
         errors += check_findable(record)
+        errors += check_provenance(record)
+        errors += check_dates(record)
+        errors += check_name(record)
         errors += check_placement(record, nodes)
+        errors += check_vocabulary(record, spellings)
     errors += check_unique(loaded, "id", lambda p: p.id)
     errors += check_unique(loaded, "arxiv", lambda p: p.arxiv)
     errors += check_unique(loaded, "doi", lambda p: p.doi.lower() if p.doi else None)
@@ -53,6 +60,63 @@ def check_findable(record: LoadedPaper) -> list[Problem]:
         return [_problem(record, ("venue_type",), "a preprint needs an 'arxiv' id, a 'doi' or a 'url' so readers "
                                                   "can find it")]
     return []
+
+
+PROVENANCE_SINCE = dt.date(2026, 12, 6)  # entries added from this day on record the pages they were checked against
+
+
+def check_provenance(record: LoadedPaper) -> list[Problem]:
+    """An entry the survey does not mention must say which public page its metadata was read on."""
+    paper = record.paper
+    if paper.verified_from or paper.added < PROVENANCE_SINCE or SURVEY_SOURCES.intersection(paper.sources):
+        return []
+    return [_problem(record, ("sources",), "an entry the survey does not mention needs 'verified_from': the "
+                                           "public page(s) its title, authors and ids were read on, e.g. "
+                                           "https://arxiv.org/abs/<id>")]
+
+
+def check_dates(record: LoadedPaper) -> list[Problem]:
+    paper = record.paper
+    if paper.announced and paper.announced > paper.added:
+        return [_problem(record, ("announced",), f"{paper.announced} is after added ({paper.added}); a work is "
+                                                 "announced before it enters the repository: check both dates")]
+    return []
+
+
+def check_name(record: LoadedPaper) -> list[Problem]:
+    """A short name that repeats the title's own prefix in another case ('Dynamic-LLaVa' for a title starting
+    'Dynamic-LLaVA:') is printed twice by every list; it must be spelt as the title spells it."""
+    paper = record.paper
+    if not paper.name:
+        return []
+    prefix, after = paper.title[: len(paper.name)], paper.title[len(paper.name): len(paper.name) + 1]
+    if prefix != paper.name and prefix.casefold() == paper.name.casefold() and after in ("", ":"):
+        return [_problem(record, ("name",), f"'{paper.name}' is the title's own '{prefix}' in another case; "
+                                            f"write name: {prefix}")]
+    return []
+
+
+VOCABULARY_FIELDS = ("models", "benchmarks")
+
+
+def check_vocabulary(record: LoadedPaper, spellings: dict[str, dict[str, str]]) -> list[Problem]:
+    """Each model and benchmark is written in its one canonical spelling from taxonomy/vocabulary.yaml."""
+    problems = []
+    for field in VOCABULARY_FIELDS:
+        known = spellings[field]
+        for index, name in enumerate(getattr(record.paper, field)):
+            canonical = known.get(name.casefold())
+            if canonical == name:
+                continue
+            if canonical:
+                message = f"'{name}' is written '{canonical}' here; use that spelling"
+            else:
+                close = difflib.get_close_matches(name, sorted(set(known.values())), n=1, cutoff=0.8)
+                hint = f"did you mean '{close[0]}'? If not, " if close else ""
+                message = (f"'{name}' is not in taxonomy/vocabulary.yaml; {hint}add it there under "
+                           f"{field} (with its aliases)")
+            problems.append(_problem(record, (field, index), message))
+    return problems
 
 
 def suggest_node(path: str, nodes: Iterable[str]) -> str:
@@ -81,6 +145,11 @@ def check_placement(record: LoadedPaper, nodes: dict[str, PlacedNode]) -> list[P
             problems.append(_problem(record, ("taxonomy", index), message))
     if problems:
         return problems  # facets cannot be judged against a node that does not exist
+    primary = placed[0]
+    if primary.node.children:
+        leaves = ", ".join(f"{primary.path}/{child.id}" for child in primary.node.children)
+        problems.append(_problem(record, ("taxonomy", 0), f"'{primary.path}' has sub-nodes; place the paper at "
+                                                          f"the one that fits: {leaves}"))
     allowed: dict[str, set[str]] = defaultdict(set)
     for node in placed:
         for facet, values in node.facets.items():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import httpx
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tools.loading import Repository, load_repository
+from tools.repository import Repository, load_repository
 
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 USER_AGENT = "efficient-lvlm-inference-link-checker/1.0 (+https://github.com/efficient-lvlm/efficient-lvlm-inference)"

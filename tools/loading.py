@@ -14,38 +14,28 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from tools.errors import DataError, Problem, display_path
-from tools.models import PLACEHOLDER, Paper, PlacedNode, Taxonomy
+from tools.models import PLACEHOLDER, Paper, Taxonomy, Vocabulary
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 20
 BRACKETS_BEFORE_DEPTH_CHECK = 200
 PAPERS_DIR = "papers"
 TAXONOMY_FILE = Path("taxonomy") / "taxonomy.yaml"
+VOCABULARY_FILE = Path("taxonomy") / "vocabulary.yaml"
 
 # Only a trigger: when it matches, the YAML events decide whether the file really uses an anchor or alias.
 ANCHOR_HINT = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\[\]{}]")
 TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][\w-]*)[ \t]*:", re.MULTILINE)
 KEY_LINE = re.compile(r"\n[A-Za-z_]")  # cheap count of unindented lines, each a top-level key
 CONTENT_LINE = re.compile(r"^[ \t]*[^#\s]", re.MULTILINE)  # a line that is neither blank nor a comment
-
-
-@dataclass(frozen=True)
-class Repository:
-    """The validated data: taxonomy, its nodes by path, the papers sorted by id and their files."""
-
-    root: Path
-    taxonomy: Taxonomy
-    nodes: dict[str, PlacedNode]
-    papers: list[Paper]
-    paths: dict[str, Path]
-    warnings: list[Problem] = field(default_factory=list)
 
 
 @dataclass
@@ -309,14 +299,22 @@ def validation_problems(exc: ValidationError, loaded: LoadedFile, model: type[Ba
     return problems
 
 
-def load_taxonomy(root: Path) -> Taxonomy:
-    loaded = read_yaml(root / TAXONOMY_FILE, root)
+def _load_model(root: Path, relative: Path, model: type[ModelT]) -> ModelT:
+    loaded = read_yaml(root / relative, root)
     if loaded.problems:
         raise DataError(loaded.problems)
     try:
-        return Taxonomy.model_validate(loaded.data)
+        return model.model_validate(loaded.data)
     except ValidationError as exc:
-        raise DataError(validation_problems(exc, loaded, Taxonomy)) from None
+        raise DataError(validation_problems(exc, loaded, model)) from None
+
+
+def load_taxonomy(root: Path) -> Taxonomy:
+    return _load_model(root, TAXONOMY_FILE, Taxonomy)
+
+
+def load_vocabulary(root: Path) -> Vocabulary:
+    return _load_model(root, VOCABULARY_FILE, Vocabulary)
 
 
 @dataclass(frozen=True)
@@ -355,27 +353,3 @@ def paper_files(root: Path) -> tuple[list[Path], list[Problem]]:
         for p in sorted(folder.glob("*.yml"))
     ]
     return sorted(folder.glob("*.yaml")), problems
-
-
-def load_repository(root: Path = Path(".")) -> Repository:
-    """Load and check everything; raises `DataError` listing every problem of every file."""
-    from tools.checks import check_papers
-
-    root = Path(root)
-    taxonomy = load_taxonomy(root)
-    nodes = taxonomy.flatten()
-    files, problems = paper_files(root)
-    loaded, file_problems = load_papers(files, root)
-    errors, warnings = check_papers(loaded, nodes)
-    problems += file_problems + errors
-    if problems:
-        raise DataError(problems)
-    loaded.sort(key=lambda record: record.paper.id)
-    return Repository(
-        root=root,
-        taxonomy=taxonomy,
-        nodes=nodes,
-        papers=[record.paper for record in loaded],
-        paths={record.paper.id: record.path for record in loaded},
-        warnings=warnings,
-    )

@@ -103,7 +103,11 @@ class Source(str, Enum):
     appendix_f = "appendix-f"
     repo_list = "repo-list"
     bibliography = "bibliography"
-    community = "community"
+    peer_list = "peer-list"  # another public paper list of the field carries it (see `python -m tools coverage`)
+    community = "community"  # added by a contributor, not mentioned by the survey
+
+
+SURVEY_SOURCES = frozenset(source.value for source in Source) - {Source.peer_list.value, Source.community.value}
 
 
 class Paper(BaseModel):
@@ -154,6 +158,14 @@ class Paper(BaseModel):
     sources: list[Source] = Field(
         min_length=1, description="Where the survey mentions the work: figure-3, table-2, repo-list, ..."
     )
+    verified_from: list[WebUrl] = Field(
+        default_factory=list,
+        description="Public pages the metadata was read on (arXiv abstract, venue page, code README), so a reviewer "
+                    "can re-check it. Required for entries the survey does not mention.",
+    )
+    announced: dt.date | None = Field(
+        default=None, description="Date the work was first announced (arXiv v1 submission date), if known."
+    )
     added: dt.date = Field(description="Date the entry entered this repository (YYYY-MM-DD).")
     notes: PlainText | None = Field(default=None, description="Anything else worth knowing (optional).")
 
@@ -165,7 +177,7 @@ class Paper(BaseModel):
             raise ValueError(f"year {year} is not plausible; use a year between {FIRST_YEAR} and {last}")
         return year
 
-    @field_validator("taxonomy", "authors", "sources")
+    @field_validator("taxonomy", "authors", "sources", "models", "benchmarks")
     @classmethod
     def no_repeats(cls, items: list[str]) -> list[str]:
         seen: set[str] = set()
@@ -207,6 +219,9 @@ class Node(BaseModel):
     bottleneck: PlainText | None = None
     primary_metric: PlainText | None = None
     kind: Kind | None = Field(default=None, description="Kind of work this subtree holds; stages must set it.")
+    beyond_survey: bool = Field(
+        default=False, description="True for a node added after the survey, for work its taxonomy has no place for."
+    )
     facets: dict[Slug, list[Slug]] = Field(
         default_factory=dict, description="Facets this node adds for its papers, with the allowed values."
     )
@@ -270,6 +285,36 @@ class Taxonomy(BaseModel):
                 raise ValueError(f"node '{path}' allows {unknown} for facet '{facet}', which it does not declare")
         for child in node.children:
             self._check_facets(child, f"{path}/{child.id}")
+
+
+class Vocabulary(BaseModel):
+    """`taxonomy/vocabulary.yaml`: the one spelling of each model and benchmark name, with its aliases."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[PlainText, list[PlainText]] = Field(description="Canonical model names, each with its aliases.")
+    benchmarks: dict[PlainText, list[PlainText]] = Field(
+        description="Canonical benchmark names, each with its aliases."
+    )
+
+    @model_validator(mode="after")
+    def spellings_are_unique(self) -> Vocabulary:
+        for field_name in ("models", "benchmarks"):
+            owner: dict[str, str] = {}
+            for canonical, aliases in getattr(self, field_name).items():
+                for spelling in (canonical, *aliases):
+                    key = spelling.casefold()
+                    if key in owner:
+                        raise ValueError(f"{field_name}: '{spelling}' is given for both '{owner[key]}' and "
+                                         f"'{canonical}'; keep it under one name")
+                    owner[key] = canonical
+        return self
+
+    def spellings(self, field_name: str) -> dict[str, str]:
+        """Every spelling (case-folded), canonical names and aliases alike, mapped to its canonical name."""
+        return {spelling.casefold(): canonical
+                for canonical, aliases in getattr(self, field_name).items()
+                for spelling in (canonical, *aliases)}
 
 
 @dataclass(frozen=True)

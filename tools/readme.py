@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from tools.errors import UsageError
-from tools.loading import Repository, load_repository
+from tools.repository import Repository, load_repository
 from tools.models import Paper
 
 README = Path("README.md")

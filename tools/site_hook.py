@@ -39,7 +39,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files, InclusionLevel
 from mkdocs.utils import get_relative_url
 
-from tools import bibtex, loading
+from tools import bibtex, loading, repository
 from tools.errors import DataError
 from tools.models import Paper
 
@@ -129,7 +129,7 @@ class GeneratedPage:
 class Build:
     """The repository loaded for one build, and everything derived from it."""
 
-    repo: loading.Repository
+    repo: repository.Repository
     data_root: Path
     env: jinja2.Environment
     pages: dict[str, GeneratedPage] = field(default_factory=dict)
@@ -161,9 +161,9 @@ def data_root_of(config: Any) -> Path:
     return (config_dir / configured).resolve()
 
 
-def load(data_root: Path) -> loading.Repository:
+def load(data_root: Path) -> repository.Repository:
     try:
-        return loading.load_repository(data_root)
+        return repository.load_repository(data_root)
     except DataError as exc:
         problems = "\n".join(f"  {problem}" for problem in exc.problems)
         raise SiteError(
@@ -172,7 +172,7 @@ def load(data_root: Path) -> loading.Repository:
         ) from None
 
 
-def stage_nav(repo: loading.Repository, stage: str) -> list[Any]:
+def stage_nav(repo: repository.Repository, stage: str) -> list[Any]:
     """The navigation of one stage's subtree: its page first (a section index), then its children."""
 
     def entry(path: str) -> Any:
@@ -193,7 +193,7 @@ def nav_title(text: str) -> str:
     return html.escape(text, quote=False)
 
 
-def expand_nav(items: list[Any], repo: loading.Repository, studies: list[str], used: set[str]) -> list[Any]:
+def expand_nav(items: list[Any], repo: repository.Repository, studies: list[str], used: set[str]) -> list[Any]:
     """Replace `@taxonomy:<stage>` values and `@pilots` entries of the mkdocs.yml navigation."""
     expanded: list[Any] = []
     for item in items:
@@ -206,7 +206,7 @@ def expand_nav(items: list[Any], repo: loading.Repository, studies: list[str], u
     return expanded
 
 
-def expand_value(value: Any, repo: loading.Repository, studies: list[str], used: set[str]) -> Any:
+def expand_value(value: Any, repo: repository.Repository, studies: list[str], used: set[str]) -> Any:
     if isinstance(value, str) and value.startswith("@taxonomy:"):
         stage = value.removeprefix("@taxonomy:")
         used.add(stage)
@@ -221,7 +221,7 @@ def expand_value(value: Any, repo: loading.Repository, studies: list[str], used:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def papers_under(repo: loading.Repository) -> dict[str, list[Paper]]:
+def papers_under(repo: repository.Repository) -> dict[str, list[Paper]]:
     """For every node, the papers placed at it or anywhere below it (each paper once)."""
     under: dict[str, list[Paper]] = {path: [] for path in repo.nodes}
     for paper in repo.papers:
@@ -272,7 +272,7 @@ def similarity_index(papers: list[Paper]) -> Callable[[Paper], list[tuple[float,
     return ranked
 
 
-def related_papers(repo: loading.Repository, under: dict[str, list[Paper]]) -> dict[str, list[Paper]]:
+def related_papers(repo: repository.Repository, under: dict[str, list[Paper]]) -> dict[str, list[Paper]]:
     """Up to RELATED_SIZE papers of the same primary node, then up to RELATED_SIZE similar ones from elsewhere."""
     ranked = similarity_index(repo.papers)
     related: dict[str, list[Paper]] = {}
@@ -316,7 +316,7 @@ def checked_url(url: str) -> str:
     return url
 
 
-def explore_data(repo: loading.Repository) -> dict[str, Any]:
+def explore_data(repo: repository.Repository) -> dict[str, Any]:
     """The explore page's rows as compact arrays (placements as indexes into `nodes`), without summaries."""
     node_paths = list(repo.nodes)
     node_index = {path: index for index, path in enumerate(node_paths)}
@@ -353,7 +353,7 @@ def entries_by_key(library: str) -> dict[str, str]:
     return entries
 
 
-def papers_json(repo: loading.Repository) -> str:
+def papers_json(repo: repository.Repository) -> str:
     payload = {
         "generated": "by tools/site_hook.py from papers/*.yaml; edit those files, not this one",
         "count": len(repo.papers),
@@ -362,7 +362,7 @@ def papers_json(repo: loading.Repository) -> str:
     return json.dumps(payload, ensure_ascii=False, indent=1) + "\n"
 
 
-def atom_feed(repo: loading.Repository, site_url: str | None, title: str) -> bytes:
+def atom_feed(repo: repository.Repository, site_url: str | None, title: str) -> bytes:
     """An Atom feed of the latest additions by `added` date; ElementTree escapes every text and attribute."""
     base = (site_url or "").rstrip("/") + "/" if site_url else ""
     newest = sorted(repo.papers, key=lambda p: (p.added, p.id), reverse=True)[:FEED_SIZE]
@@ -454,7 +454,7 @@ def year_label(year: int, first: int, folded: bool) -> str:
     return f"≤{year}" if year == first and folded else str(year)
 
 
-def charts(repo: loading.Repository, under: dict[str, list[Paper]]) -> dict[str, dict[str, str]]:
+def charts(repo: repository.Repository, under: dict[str, list[Paper]]) -> dict[str, dict[str, str]]:
     """Every statistics chart by name, each as {'light': svg, 'dark': svg}."""
     papers = repo.papers
     stages = [stage.id for stage in repo.taxonomy.stages]
@@ -552,7 +552,7 @@ def charts(repo: loading.Repository, under: dict[str, list[Paper]]) -> dict[str,
     }
 
 
-def node_label(repo: loading.Repository, path: str) -> str:
+def node_label(repo: repository.Repository, path: str) -> str:
     node = repo.nodes[path]
     stage = repo.nodes[node.stage].node.name.split()[0]
     return node.node.name if node.depth == 0 else f"{stage}: {node.node.name}"
@@ -698,7 +698,7 @@ def front_matter(page: GeneratedPage) -> str:
     return "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---\n"
 
 
-def facet_tags(repo: loading.Repository, paper: Paper) -> tuple[str, ...]:
+def facet_tags(repo: repository.Repository, paper: Paper) -> tuple[str, ...]:
     tags = [f"{repo.taxonomy.facets[facet].name}: {value}" for facet, value in sorted(paper.attributes.items())
             if facet in repo.taxonomy.facets]
     tags.append(f"Kind: {paper.kind}")

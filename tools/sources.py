@@ -76,6 +76,8 @@ def fetch_arxiv(identifier: str) -> dict:
         "venue_type": "preprint",
         "arxiv": paper_id,
         "doi": result.doi or None,
+        "verified_from": [f"https://arxiv.org/abs/{paper_id}"],
+        "announced": result.published.date(),
     }
     code = GITHUB_URL.search(f"{result.comment or ''} {result.summary or ''}")
     if code:
@@ -140,6 +142,7 @@ def fetch_crossref(identifier: str) -> dict:
         "venue": venue,
         "venue_type": venue_type,
         "doi": message.get("DOI", doi),
+        "verified_from": [f"https://doi.org/{message.get('DOI', doi)}"],
     }
     return {key: value for key, value in record.items() if value}
 

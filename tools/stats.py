@@ -6,7 +6,7 @@ import argparse
 import json
 from collections import Counter
 
-from tools.loading import Repository, load_repository
+from tools.repository import Repository, load_repository
 
 
 def compute_stats(repository: Repository) -> dict[str, dict[str, int]]:

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from tools.errors import DataError, UsageError, display_path
-from tools.loading import PAPERS_DIR, load_repository
+from tools.loading import PAPERS_DIR
+from tools.repository import load_repository
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
