@@ -17,7 +17,7 @@ from rapidfuzz import fuzz
 
 from tools.errors import Problem
 from tools.loading import LoadedPaper, line_of
-from tools.models import SURVEY_SOURCES, PlacedNode, VenueType, Vocabulary
+from tools.models import SURVEY_SOURCES, DeclinedList, PlacedNode, VenueType, Vocabulary
 
 NEAR_DUPLICATE_SCORE = 95.0  # rapidfuzz ratio (0-100) of normalised titles from which two papers are flagged
 NON_WORD = re.compile(r"[\W_]+")
@@ -165,6 +165,14 @@ def check_placement(record: LoadedPaper, nodes: dict[str, PlacedNode]) -> list[P
                                      f"'{value}' is not allowed at {where}; choose one of: "
                                      f"{', '.join(sorted(allowed[facet]))}"))
     return problems
+
+
+def check_declined(loaded: list[LoadedPaper], declined: DeclinedList) -> list[Problem]:
+    """A declined arXiv id has no paper file: the two decisions contradict each other."""
+    ids = declined.ids()
+    return [_problem(record, ("arxiv",), f"'{record.paper.arxiv}' is also in taxonomy/declined.yaml; keep the "
+                                        "paper and delete the declined entry, or the other way round")
+            for record in loaded if record.paper.arxiv in ids]
 
 
 def check_unique(loaded: list[LoadedPaper], field: str, key: Callable) -> list[Problem]:

@@ -21,6 +21,7 @@ VERB_MODULES = [
     "tools.bench",
     "tools.links",
     "tools.issue_form",
+    "tools.coverage",
 ]
 
 

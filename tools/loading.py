@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tools.errors import DataError, Problem, display_path
-from tools.models import PLACEHOLDER, Paper, Taxonomy, Vocabulary
+from tools.models import PLACEHOLDER, DeclinedList, Paper, Taxonomy, Vocabulary
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -30,6 +30,7 @@ BRACKETS_BEFORE_DEPTH_CHECK = 200
 PAPERS_DIR = "papers"
 TAXONOMY_FILE = Path("taxonomy") / "taxonomy.yaml"
 VOCABULARY_FILE = Path("taxonomy") / "vocabulary.yaml"
+DECLINED_FILE = Path("taxonomy") / "declined.yaml"
 
 # Only a trigger: when it matches, the YAML events decide whether the file really uses an anchor or alias.
 ANCHOR_HINT = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\[\]{}]")
@@ -258,7 +259,8 @@ def _error_message(error: dict[str, Any], model: type[BaseModel], field_name: st
     if isinstance(given, str) and given.startswith(PLACEHOLDER):
         return f"is still a placeholder; {given[len(PLACEHOLDER):].strip()}"
     if kind == "missing":
-        return "is required but missing; add it (see papers/fastv-2024.yaml)"
+        example = " (see papers/fastv-2024.yaml)" if model is Paper else ""
+        return f"is required but missing; add it{example}"
     if kind == "extra_forbidden":
         name = str(error["loc"][-1])
         close = difflib.get_close_matches(name, list(model.model_fields), n=1)
@@ -293,7 +295,10 @@ def validation_problems(exc: ValidationError, loaded: LoadedFile, model: type[Ba
         loc = error["loc"]
         field_name = ".".join(str(part) for part in loc) or None
         top = str(loc[0]) if loc else ""
-        line, node = (1, None) if error["type"] == "missing" else locate(loaded.text, loc)
+        if error["type"] == "missing":  # point at the mapping that lacks the field
+            line, node = (locate(loaded.text, loc[:-1])[0] if len(loc) > 1 else 1), None
+        else:
+            line, node = locate(loaded.text, loc)
         raw = node.value if isinstance(node, yaml.ScalarNode) else None
         problems.append(Problem(loaded.shown, line, field_name, _error_message(error, model, top, raw)))
     return problems
@@ -315,6 +320,13 @@ def load_taxonomy(root: Path) -> Taxonomy:
 
 def load_vocabulary(root: Path) -> Vocabulary:
     return _load_model(root, VOCABULARY_FILE, Vocabulary)
+
+
+def load_declined(root: Path) -> DeclinedList:
+    """The declined candidates; a repository without the file has declined nothing."""
+    if not (root / DECLINED_FILE).exists():
+        return DeclinedList()
+    return _load_model(root, DECLINED_FILE, DeclinedList)
 
 
 @dataclass(frozen=True)

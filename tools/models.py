@@ -317,6 +317,40 @@ class Vocabulary(BaseModel):
                 for spelling in (canonical, *aliases)}
 
 
+class DeclinedEntry(BaseModel):
+    """An arXiv entry a maintainer decided not to add, and why."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arxiv: Annotated[str, StringConstraints(pattern=ARXIV_PATTERN)] = Field(description="Bare arXiv id.")
+    title: plain_text(max_length=300) | None = Field(default=None, description="Title, to recognise the entry.")
+    reason: plain_text(min_length=8, max_length=300) = Field(
+        description="One line: off scope (what it is instead), duplicate of papers/<id>.yaml, withdrawn, "
+                    "wrong id in a list, ..."
+    )
+
+
+class DeclinedList(BaseModel):
+    """`taxonomy/declined.yaml`: candidates that `discover` and `coverage` must not propose again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    declined: list[DeclinedEntry] = Field(default_factory=list)
+
+    @field_validator("declined")
+    @classmethod
+    def each_id_once(cls, entries: list[DeclinedEntry]) -> list[DeclinedEntry]:
+        seen: set[str] = set()
+        for entry in entries:
+            if entry.arxiv in seen:
+                raise ValueError(f"arXiv {entry.arxiv} is declined twice; keep one entry")
+            seen.add(entry.arxiv)
+        return entries
+
+    def ids(self) -> set[str]:
+        return {entry.arxiv for entry in self.declined}
+
+
 @dataclass(frozen=True)
 class PlacedNode:
     """A taxonomy node at its place in the tree, with inherited kind, bottleneck, metric and facets."""

@@ -9,20 +9,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tools.checks import check_papers
+from tools.checks import check_declined, check_papers
 from tools.errors import DataError, Problem
-from tools.loading import load_papers, load_taxonomy, load_vocabulary, paper_files
-from tools.models import Paper, PlacedNode, Taxonomy, Vocabulary
+from tools.loading import load_declined, load_papers, load_taxonomy, load_vocabulary, paper_files
+from tools.models import DeclinedList, Paper, PlacedNode, Taxonomy, Vocabulary
 
 
 @dataclass(frozen=True)
 class Repository:
-    """The validated data: taxonomy, its nodes by path, the vocabulary, the papers sorted by id and their files."""
+    """The validated data: taxonomy, its nodes by path, the vocabulary, the declined candidates, the papers sorted by id and their files."""
 
     root: Path
     taxonomy: Taxonomy
     nodes: dict[str, PlacedNode]
     vocabulary: Vocabulary
+    declined: DeclinedList
     papers: list[Paper]
     paths: dict[str, Path]
     warnings: list[Problem] = field(default_factory=list)
@@ -33,11 +34,12 @@ def load_repository(root: Path = Path(".")) -> Repository:
     root = Path(root)
     taxonomy = load_taxonomy(root)
     vocabulary = load_vocabulary(root)
+    declined = load_declined(root)
     nodes = taxonomy.flatten()
     files, problems = paper_files(root)
     loaded, file_problems = load_papers(files, root)
     errors, warnings = check_papers(loaded, nodes, vocabulary)
-    problems += file_problems + errors
+    problems += file_problems + errors + check_declined(loaded, declined)
     if problems:
         raise DataError(problems)
     loaded.sort(key=lambda record: record.paper.id)
@@ -46,6 +48,7 @@ def load_repository(root: Path = Path(".")) -> Repository:
         taxonomy=taxonomy,
         nodes=nodes,
         vocabulary=vocabulary,
+        declined=declined,
         papers=[record.paper for record in loaded],
         paths={record.paper.id: record.path for record in loaded},
         warnings=warnings,
