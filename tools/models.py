@@ -222,6 +222,11 @@ class Node(BaseModel):
     beyond_survey: bool = Field(
         default=False, description="True for a node added after the survey, for work its taxonomy has no place for."
     )
+    keywords: list[plain_text(max_length=80)] = Field(
+        default_factory=list,
+        description="Search phrases for new work on this node: `discover` queries arXiv with them and uses them "
+                    "to place candidates.",
+    )
     facets: dict[Slug, list[Slug]] = Field(
         default_factory=dict, description="Facets this node adds for its papers, with the allowed values."
     )
