@@ -22,6 +22,7 @@ VERB_MODULES = [
     "tools.links",
     "tools.issue_form",
     "tools.coverage",
+    "tools.discover",
 ]
 
 

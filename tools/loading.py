@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tools.errors import DataError, Problem, display_path
-from tools.models import PLACEHOLDER, DeclinedList, Paper, Taxonomy, Vocabulary
+from tools.models import PLACEHOLDER, DeclinedList, OffScopeList, Paper, Taxonomy, Vocabulary
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -31,6 +31,7 @@ PAPERS_DIR = "papers"
 TAXONOMY_FILE = Path("taxonomy") / "taxonomy.yaml"
 VOCABULARY_FILE = Path("taxonomy") / "vocabulary.yaml"
 DECLINED_FILE = Path("taxonomy") / "declined.yaml"
+OFF_SCOPE_FILE = Path("taxonomy") / "off_scope.yaml"
 
 # Only a trigger: when it matches, the YAML events decide whether the file really uses an anchor or alias.
 ANCHOR_HINT = re.compile(r"(?:^|[\s\[{,:-])[&*][^\s,\[\]{}]")
@@ -327,6 +328,13 @@ def load_declined(root: Path) -> DeclinedList:
     if not (root / DECLINED_FILE).exists():
         return DeclinedList()
     return _load_model(root, DECLINED_FILE, DeclinedList)
+
+
+def load_off_scope(root: Path) -> OffScopeList:
+    """The off-scope arXiv entries `discover` learns from; none when the file is absent."""
+    if not (root / OFF_SCOPE_FILE).exists():
+        return OffScopeList()
+    return _load_model(root, OFF_SCOPE_FILE, OffScopeList)
 
 
 @dataclass(frozen=True)

@@ -356,6 +356,24 @@ class DeclinedList(BaseModel):
         return {entry.arxiv for entry in self.declined}
 
 
+class OffScopeEntry(BaseModel):
+    """A real arXiv entry outside the repository's scope, as its page shows it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arxiv: Annotated[str, StringConstraints(pattern=ARXIV_PATTERN)]
+    title: plain_text(max_length=300)
+    abstract: plain_text(min_length=20, max_length=3000)
+
+
+class OffScopeList(BaseModel):
+    """`taxonomy/off_scope.yaml`: the negatives `discover`'s relevance model learns from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entries: list[OffScopeEntry] = Field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class PlacedNode:
     """A taxonomy node at its place in the tree, with inherited kind, bottleneck, metric and facets."""
