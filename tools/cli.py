@@ -23,6 +23,7 @@ VERB_MODULES = [
     "tools.issue_form",
     "tools.coverage",
     "tools.discover",
+    "tools.refresh",
 ]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rapidfuzz import fuzz
 
-from tools.arxiv_feed import Candidate, parse_feed, query_arxiv, read_feeds
+from tools.arxiv_feed import Candidate, query_arxiv, read_feeds
 from tools.checks import NEAR_DUPLICATE_SCORE, normalise_title
 from tools.errors import SourceError, UsageError, display_path
 from tools.relevance import NodeScore, NodeSuggester, RelevanceModel
@@ -278,6 +278,3 @@ def run(args: argparse.Namespace) -> int:
         for path in draft_candidates(ranked, args.write, repository):
             print(f"wrote {display_path(path, args.root)} (review it: summary and every field)")
     return 0
-
-
-__all__ = ["Ranked", "evaluate", "parse_feed", "rank"]
