@@ -1,5 +1,5 @@
 # The two commands a newcomer runs on a fresh machine:
-#   make site   - install, validate the data, build and serve the site on http://127.0.0.1:8000
+#   make site   - install, validate the data, build and serve the site on http://127.0.0.1:8000/efficient-lvlm-inference/
 #   make test   - install with the test extras (and, if they install, the hf extras) and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -20,8 +20,8 @@ venv: $(VENV)/bin/python
 site: venv
 	$(PY) -m pip install -e '.[site]'
 	$(PY) -m tools validate
-	$(PY) -m mkdocs build --strict
-	$(PY) -m mkdocs serve --dev-addr 127.0.0.1:8000
+	@# One strict build, done by the server itself (it serves under the site_url's path).
+	$(PY) -m mkdocs serve --strict --dev-addr 127.0.0.1:8000
 
 test: venv
 	$(if $(TORCH_CPU),$(PY) -m pip install '$(TORCH_CPU)')

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tools.cli import main
 from tools.errors import DataError
@@ -112,3 +113,16 @@ def test_cli_runs_as_a_module(repo_root: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "tools", "--help"], cwd=repo_root,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "validate" in result.stdout
+
+
+def test_comparisons_are_plain_text_but_tags_are_not() -> None:
+    from pydantic import ValidationError
+
+    from tools.models import Paper
+
+    base = yaml.safe_load((Path(__file__).parent / "fixtures" / "fastv-2024.yaml").read_text(encoding="utf-8"))
+    text = "Keeps a < b and c > d when pruning, and budgets of <= 64 tokens."
+    assert Paper.model_validate({**base, "summary": text}).summary == text
+    for markup in ("Prunes <b>visual</b> tokens after layer two.", "Prunes tokens <!-- hidden --> early on."):
+        with pytest.raises(ValidationError, match="must be plain text: remove the HTML tag"):
+            Paper.model_validate({**base, "summary": markup})

@@ -33,7 +33,9 @@ FIRST_YEAR = 1990
 
 
 PLACEHOLDER = "TODO:"  # what `python -m tools new` writes where the source cannot give a value
-UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|<\s*/?\s*[a-zA-Z!][^>]*>")
+# A tag starts right after '<' ('<b>', '</i>', '<!--'); '< b' is ordinary text in every browser, so
+# "keeps a < b and c > d" is allowed. Output is escaped all the same.
+UNSAFE_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]|</?[a-zA-Z!][^>]*>")
 
 
 def _plain_text(text: str) -> str:
