@@ -3,6 +3,8 @@ untrained reference LVLM for the pilot tests that need a model but not a trained
 
 from __future__ import annotations
 
+import http.server
+
 import shutil
 from pathlib import Path
 
@@ -37,3 +39,20 @@ def untrained_draft() -> LVLM:
     """The `draft` config with seed-0 random weights, in eval mode (one per test module)."""
     torch.manual_seed(0)
     return LVLM(config_for("draft", len(synthvis.Tokenizer()))).eval()
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests and httpx honour proxy variables; loopback requests must not be sent to a proxy."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+def send_answer(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes, content_type: str) -> None:
+    """Answer a loopback test server's request with `status` and `body`."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import send_answer
 from tools.cli import main
 from tools.loading import load_taxonomy
 
@@ -136,21 +137,14 @@ class FakeArxiv(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the http.server hook name
         self.server.queries.append(self.path)
         status, body = self.server.answer
-        self.send_response(status)
-        self.send_header("Content-Type", "application/atom+xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_answer(self, status, body, "application/atom+xml")
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def arxiv_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[http.server.ThreadingHTTPServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+def arxiv_api(monkeypatch: pytest.MonkeyPatch, no_proxy: None) -> Iterator[http.server.ThreadingHTTPServer]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeArxiv)
     server.queries, server.answer = [], (200, b"")
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -11,6 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
+from conftest import send_answer
 from tools.cli import main
 
 RESPONSES = Path(__file__).parent / "fixtures" / "responses"
@@ -37,22 +38,13 @@ class RecordedSource(http.server.BaseHTTPRequestHandler):
             self._send(500, b"unexpected path", "text/plain")
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_answer(self, status, body, content_type)
 
     def log_message(self, *args: object) -> None:
         pass
 
 
-@pytest.fixture(autouse=True)
-def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """requests and httpx honour proxy variables; loopback requests must not be sent to a proxy."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 import yaml
 
+from conftest import send_answer
 from tools.cli import main
 from tools.refresh import Change, apply, short_venue
 
@@ -96,20 +97,15 @@ class Answers(http.server.BaseHTTPRequestHandler):
         self.server.hits.append(source)
         if source in self.server.fail:
             status, body = self.server.fail[source]
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_answer(self, status, body, "application/octet-stream")
 
     def log_message(self, *args: object) -> None:
         pass
 
 
 @pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[http.server.ThreadingHTTPServer]:
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+def server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+           no_proxy: None) -> Iterator[http.server.ThreadingHTTPServer]:
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
     httpd.fail, httpd.hits, httpd.s2_ids = {}, [], []
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
