@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import os
 import re
@@ -101,11 +103,35 @@ def test_feed_lists_newest_additions_first_with_text_escaped(site):
     tree = ET.parse(site.site_dir / "feed.xml")
     ns = {"a": "http://www.w3.org/2005/Atom"}
     entries = tree.getroot().findall("a:entry", ns)
-    expected = sorted(site.repo.papers, key=lambda p: (p.added, p.id), reverse=True)
+    expected = sorted(site.repo.papers, key=lambda p: (p.added, p.first_announced or dt.date.min, p.id),
+                      reverse=True)
     assert [e.find("a:id", ns).text.rstrip("/").rsplit("/", 1)[-1] for e in entries] == [p.id for p in expected]
+    by_id = {p.id: p for p in site.repo.papers}
+    for element in entries:
+        paper = by_id[element.find("a:id", ns).text.rstrip("/").rsplit("/", 1)[-1]]
+        assert element.find("a:updated", ns).text == f"{paper.added.isoformat()}T00:00:00Z"
+        published = element.find("a:published", ns)
+        assert (published.text if published is not None else None) == (
+            f"{paper.first_announced.isoformat()}T00:00:00Z" if paper.first_announced else None)
+    fastv = next(e for e in entries if e.find("a:id", ns).text.endswith("/papers/fastv-2024/"))
+    assert fastv.find("a:published", ns).text == "2024-03-01T00:00:00Z"  # the month of arXiv 2403.06764
+    titles = {e.find("a:id", ns).text.rstrip("/").rsplit("/", 1)[-1]: e.find("a:title", ns).text for e in entries}
+    assert titles["visionzip-2024"].startswith("VisionZip: Longer is Better")  # the name is not printed twice
+    assert titles["fastv-2024"].startswith("FastV: An Image Is Worth 1/2 Tokens")
     hostile = next(e for e in entries if e.find("a:id", ns).text.endswith("/papers/script-title-2024/"))
     assert hostile.find("a:title", ns).text.endswith(HOSTILE_TITLE)
     assert hostile.find("a:link", ns).get("href") == "http://127.0.0.1/papers/script-title-2024/"
+
+
+def test_whats_new_lists_papers_by_announcement_and_additions_by_date(site):
+    html = site.html("recent/")
+    newest = html.split('id="newest-papers"', 1)[1].split('id="recently-added"', 1)[0]
+    shown = re.findall(r'href="[^"]*papers/([a-z0-9-]+)/"', newest)
+    dated = sorted((p for p in site.repo.papers if p.first_announced), key=lambda p: (p.first_announced, p.id),
+                   reverse=True)
+    assert shown == [p.id for p in dated]
+    home = site.html("")
+    assert 'id="newest"' in home and 'id="recently-added"' in home
 
 
 def test_papers_json_holds_every_paper(site):

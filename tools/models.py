@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+NEW_ARXIV_ID = re.compile(r"^\d{4}\.\d{4,5}$")
 ARXIV_PATTERN = r"^(?:\d{4}\.\d{4,5}|[a-z\-]+(?:\.[A-Z]{2})?/\d{7})$"
 DOI_PATTERN = r"^10\.\d{4,9}/\S+$"
 NODE_PATH_PATTERN = r"^[a-z0-9-]+(?:/[a-z0-9-]+)*$"
@@ -197,6 +198,22 @@ class Paper(BaseModel):
     @property
     def display_name(self) -> str:
         return self.name or self.title
+
+    @property
+    def first_announced(self) -> dt.date | None:
+        """When the work first appeared: `announced`, else the first day of its new-style arXiv id's month."""
+        if self.announced:
+            return self.announced
+        if self.arxiv and NEW_ARXIV_ID.match(self.arxiv):
+            return dt.date(2000 + int(self.arxiv[:2]), int(self.arxiv[2:4]), 1)
+        return None
+
+    @property
+    def headline(self) -> str:
+        """'Name: Title' for lists and feeds, without repeating a name the title already starts with."""
+        if not self.name or self.title.casefold().startswith(self.name.casefold()):
+            return self.title
+        return f"{self.name}: {self.title}"
 
 
 class Facet(BaseModel):

@@ -362,10 +362,22 @@ def papers_json(repo: repository.Repository) -> str:
     return json.dumps(payload, ensure_ascii=False, indent=1) + "\n"
 
 
+def recently_added(papers: list[Paper]) -> list[Paper]:
+    """Latest additions first; within one day, the most recently announced work first."""
+    return sorted(papers, key=lambda p: (p.added, p.first_announced or dt.date.min, p.id), reverse=True)
+
+
+def newest_papers(papers: list[Paper]) -> list[Paper]:
+    """The most recently announced work first; papers with no known date are left out."""
+    dated = [p for p in papers if p.first_announced]
+    return sorted(dated, key=lambda p: (p.first_announced, p.id), reverse=True)
+
+
 def atom_feed(repo: repository.Repository, site_url: str | None, title: str) -> bytes:
-    """An Atom feed of the latest additions by `added` date; ElementTree escapes every text and attribute."""
+    """An Atom feed of the latest additions, one entry per paper: `published` is when the work was first
+    announced (when known), `updated` when it entered the repository. ElementTree escapes every text."""
     base = (site_url or "").rstrip("/") + "/" if site_url else ""
-    newest = sorted(repo.papers, key=lambda p: (p.added, p.id), reverse=True)[:FEED_SIZE]
+    newest = recently_added(repo.papers)[:FEED_SIZE]
     atom = "http://www.w3.org/2005/Atom"
     ET.register_namespace("", atom)
 
@@ -387,10 +399,12 @@ def atom_feed(repo: repository.Repository, site_url: str | None, title: str) -> 
     sub(author, "name", "Efficient LVLM Inference contributors")
     for paper in newest:
         entry = sub(feed, "entry")
-        sub(entry, "title", f"{paper.name}: {paper.title}" if paper.name else paper.title)
+        sub(entry, "title", paper.headline)
         sub(entry, "id", f"{base}{paper_url(paper.id)}" if base else f"urn:efficient-lvlm-inference:paper:{paper.id}")
         if base:
             sub(entry, "link", rel="alternate", href=f"{base}{paper_url(paper.id)}")
+        if paper.first_announced:
+            sub(entry, "published", f"{paper.first_announced.isoformat()}T00:00:00Z")
         sub(entry, "updated", f"{paper.added.isoformat()}T00:00:00Z")
         for name in paper.authors:
             sub(sub(entry, "author"), "name", name)
@@ -539,7 +553,7 @@ def charts(repo: repository.Repository, under: dict[str, list[Paper]]) -> dict[s
             with_code = sum(1 for p in members if p.code)
             axes.text(share, position, f" {share:.0f}% ({with_code}/{len(members)})", va="center", fontsize=7)
         axes.set_xlim(0, 115)
-        axes.set_xlabel("% of papers with public code")
+        axes.set_xlabel("% of papers with a recorded code link")
         axes.spines[["top", "right"]].set_visible(False)
 
     height = 0.28 * len(second_level) + 0.8
@@ -710,7 +724,8 @@ def plan_pages(build: Build, config: Any) -> None:
     repo = build.repo
     under = papers_under(repo)
     related = related_papers(repo, under)
-    newest = sorted(repo.papers, key=lambda p: (p.added, p.id), reverse=True)
+    added = recently_added(repo.papers)
+    newest = newest_papers(repo.papers)
     stages = [repo.nodes[stage.id] for stage in repo.taxonomy.stages]
     counts = {
         "papers": len(repo.papers),
@@ -728,7 +743,8 @@ def plan_pages(build: Build, config: Any) -> None:
     library = bibtex.export_bibtex(repo.papers)
     entries = entries_by_key(library)
 
-    add(GeneratedPage("index.md", "Home", "home.html", {**common, "newest": newest[:HOME_NEWEST]},
+    add(GeneratedPage("index.md", "Home", "home.html",
+                      {**common, "newest": newest[:HOME_NEWEST], "added": added[:HOME_NEWEST]},
                       "site_src/templates/home.html", hide=("toc", "navigation")))
     add(GeneratedPage("taxonomy/index.md", "Taxonomy", "taxonomy.html", common, "taxonomy/taxonomy.yaml"))
     for path, node in repo.nodes.items():
@@ -752,7 +768,8 @@ def plan_pages(build: Build, config: Any) -> None:
     add(GeneratedPage("statistics.md", "Statistics", "statistics.html",
                       {**common, "venue_counts": Counter(p.venue for p in repo.papers).most_common()},
                       "site_src/templates/statistics.html"))
-    add(GeneratedPage("recent.md", "Recently added", "recent.html", {**common, "newest": newest[:RECENT_SIZE]},
+    add(GeneratedPage("recent.md", "What's new", "recent.html",
+                      {**common, "newest": newest[:RECENT_SIZE], "added": added[:RECENT_SIZE]},
                       "site_src/templates/recent.html"))
     benchmark_stage = next((s for s in stages if s.kind == "benchmark"), None)
     add(GeneratedPage("benchmarks.md", "Benchmarks", "benchmarks.html",

@@ -4,7 +4,8 @@
 (function () {
   "use strict";
 
-  var BASE_FIELDS = ["q", "stage", "node", "venue", "from", "to", "code"];
+  // The text filter is "text", not "q": Material's search reads "q" and would open its overlay on a shared link.
+  var BASE_FIELDS = ["text", "stage", "node", "venue", "from", "to", "code"];
   var bibtexCache = null;
 
   function rowsOf(data) {
@@ -45,7 +46,9 @@
   }
 
   function matches(row, filter, facetNames) {
-    if (filter.stage && row.stage !== filter.stage) return false;
+    if (filter.stage && !row.nodes.some(function (p) {  // any placement, not only the primary one
+      return p === filter.stage || p.indexOf(filter.stage + "/") === 0;
+    })) return false;
     if (filter.node && !row.nodes.some(function (p) {
       return p === filter.node || p.indexOf(filter.node + "/") === 0;
     })) return false;
@@ -57,8 +60,8 @@
       var want = filter[facetNames[i]];
       if (want && row.facets[facetNames[i]] !== want) return false;
     }
-    if (filter.q) {
-      var terms = filter.q.toLowerCase().split(/\s+/);
+    if (filter.text) {
+      var terms = filter.text.toLowerCase().split(/\s+/);
       for (var t = 0; t < terms.length; t++) if (row.hay.indexOf(terms[t]) < 0) return false;
     }
     return true;
