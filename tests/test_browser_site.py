@@ -7,6 +7,10 @@ downloaded. Screenshots go to test-output/screenshots/.
 
 from __future__ import annotations
 
+import re
+
+import json
+
 import functools
 import http.server
 import os
@@ -162,21 +166,30 @@ def test_explore_count_follows_stage_and_year_and_survives_reload(site, tab):
     assert tab.page.input_value("input[name=from]") == "2024"
 
 
-def test_explore_downloads_bibtex_of_exactly_the_filtered_rows(site, tab, tmp_path):
+@pytest.mark.parametrize("format_", ["bibtex", "csl", "ris"])
+def test_explore_downloads_exactly_the_filtered_rows_in_each_format(site, tab, tmp_path, format_):
     tab.open("explore/?stage=decoding")
     tab.explore_ready()
     expected = sorted(bibtex.citation_key(p) for p in site.repo.papers  # any placement under the stage counts
                       if any(path.split("/", 1)[0] == "decoding" for path in p.taxonomy))
     assert len(expected) > sum(p.stage == "decoding" for p in site.repo.papers), "the fixture has a secondary one"
     assert tab.page.text_content("#lvlm-count") == str(len(expected))
+    tab.page.select_option("#lvlm-download-format", format_)
     with tab.page.expect_download() as download_info:
         tab.page.click("#lvlm-download")
-    target = tmp_path / "filtered.bib"
+    target = tmp_path / "filtered"
     download_info.value.save_as(target)
-    import bibtexparser
+    text = target.read_text(encoding="utf-8")
+    if format_ == "bibtex":
+        import bibtexparser
 
-    library = bibtexparser.parse_string(target.read_text(encoding="utf-8"))
-    assert sorted(entry.key for entry in library.entries) == expected
+        keys = [entry.key for entry in bibtexparser.parse_string(text).entries]
+    elif format_ == "csl":
+        keys = [item["id"] for item in json.loads(text)]
+    else:
+        keys = re.findall(r"^ID  - (\S+)$", text, flags=re.MULTILINE)
+        assert text.count("TY  - ") == text.count("ER  -") == len(keys)
+    assert sorted(keys) == expected
 
 
 def test_explore_text_filter_and_sorting(site, tab):

@@ -134,6 +134,33 @@ def test_whats_new_lists_papers_by_announcement_and_additions_by_date(site):
     assert 'id="newest"' in home and 'id="recently-added"' in home
 
 
+def test_paper_pages_carry_citation_tags_for_reference_managers(site):
+    html = site.html("papers/fastv-2024/")
+    head = html.split("</head>", 1)[0]
+    tags = re.findall(r'<meta name="(citation_[a-z_]+)" content="([^"]*)"', head)
+    fastv = site.paper("fastv-2024")
+    assert [value for name, value in tags if name == "citation_author"] == fastv.authors
+    assert ("citation_title", fastv.title) in tags and ("citation_arxiv_id", "2403.06764") in tags
+    assert ("citation_pdf_url", "https://arxiv.org/pdf/2403.06764") in tags
+    assert ("citation_conference_title", "ECCV") in tags and ("citation_publication_date", "2024") in tags
+    assert ("/issues/new?template=correct-paper.yml&amp;title=%5Bcorrection%5D%20fastv-2024&amp;paper=fastv-2024"
+            in html), "the paper page links to the correction form with its id filled in"
+    hostile = site.html("papers/script-title-2024/").split("</head>", 1)[0]
+    assert '<meta name="citation_title" content="&lt;script&gt;alert(1)&lt;/script&gt;">' in hostile
+
+
+def test_collection_downloads_in_csl_json_and_ris(site):
+    keys = sorted(bibtex.citation_key(p) for p in site.repo.papers)
+    items = json.loads((site.site_dir / "papers.csl.json").read_text(encoding="utf-8"))
+    assert sorted(item["id"] for item in items) == keys
+    fastv = next(item for item in items if item["id"] == bibtex.citation_key(site.paper("fastv-2024")))
+    assert fastv["author"][0] == {"given": "Liang", "family": "Chen"} and fastv["type"] == "paper-conference"
+    ris = (site.site_dir / "papers.ris").read_text(encoding="utf-8")
+    assert sorted(re.findall(r"^ID  - (\S+)$", ris, flags=re.MULTILINE)) == keys
+    assert ris.count("TY  - ") == ris.count("ER  -") == len(keys)
+    assert "AU  - Chen, Liang" in ris
+
+
 def test_papers_json_holds_every_paper(site):
     payload = json.loads((site.site_dir / "papers.json").read_text(encoding="utf-8"))
     assert payload["count"] == len(site.repo.papers)
@@ -261,7 +288,8 @@ def test_paper_template_shows_any_title_as_text(title):
     env = hook.template_environment(ROOT)
     html = env.get_template("paper.html").render(
         repo=repo, under={}, stages=[], counts={}, paper=paper, placements=[], facets=[], links=[],
-        authors="A B", bibtex="@misc{x}", related=[], link=lambda target: target,
+        authors="A B", bibtex="@misc{x}", csl="{}", ris="TY  - GEN", related=[], link=lambda target: target,
+        repo_url="",
     )
     document = parse(html)
     h1 = html.split("<h1>", 1)[1].split("</h1>", 1)[0]

@@ -45,3 +45,13 @@ def test_check_fails_after_a_taxonomy_change(tmp_path, capsys):
     taxonomy_file.write_text(taxonomy_file.read_text().replace("name: Sparse attention", "name: Sparse attn"))
     assert main(["-C", str(tmp_path), "issue-form", "--check"]) == 1
     assert "is stale" in capsys.readouterr().out
+
+
+def test_correction_form_offers_every_node_and_paper_pages_open_it(tmp_path) -> None:
+    form = yaml.safe_load(issue_form.render_correction(load_taxonomy(ROOT)))
+    ids = {item.get("id") for item in form["body"]}
+    assert {"paper", "field", "correct", "source", "node"} <= ids
+    node = next(item for item in form["body"] if item.get("id") == "node")
+    assert len(node["attributes"]["options"]) == 1 + len(load_taxonomy(ROOT).flatten())
+    assert (ROOT / issue_form.CORRECTION_FORM_PATH).read_text(encoding="utf-8") == \
+        issue_form.render_correction(load_taxonomy(ROOT))

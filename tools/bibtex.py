@@ -82,8 +82,10 @@ def citation_key(paper: Paper) -> str:
     Built from the paper id, which is unique, so keys stay stable when other papers are added.
     """
     family = _ascii_word(paper.authors[0].split()[-1]) or "anon"
-    stem = re.sub(rf"-{paper.year}$", "", paper.id)
-    return f"{family}{paper.year}{stem}"
+    dated = re.match(r"^(.+)-(\d{4})$", paper.id)
+    # The id's own year, not `year`: a preprint's year may change when it is published, its key must not.
+    stem, year = (dated.group(1), dated.group(2)) if dated else (paper.id, str(paper.year))
+    return f"{family}{year}{stem}"
 
 
 def _author_field(paper: Paper) -> str:

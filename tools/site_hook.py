@@ -39,7 +39,7 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files, InclusionLevel
 from mkdocs.utils import get_relative_url
 
-from tools import bibtex, loading, repository
+from tools import bibtex, citations, loading, repository
 from tools.errors import DataError
 from tools.models import Paper
 
@@ -123,6 +123,7 @@ class GeneratedPage:
     tags: tuple[str, ...] = ()
     in_nav: bool = True
     hide: tuple[str, ...] = ("toc",)
+    citation: tuple[tuple[str, str], ...] = ()  # citation_* meta tags for the page's <head>
 
 
 @dataclass
@@ -709,6 +710,8 @@ def front_matter(page: GeneratedPage) -> str:
         meta["tags"] = list(page.tags)
     if page.hide:
         meta["hide"] = list(page.hide)
+    if page.citation:
+        meta["citation"] = [list(tag) for tag in page.citation]
     return "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---\n"
 
 
@@ -734,7 +737,8 @@ def plan_pages(build: Build, config: Any) -> None:
         "venues": len({p.venue for p in repo.papers}),
         "years": (min((p.year for p in repo.papers), default=0), max((p.year for p in repo.papers), default=0)),
     }
-    common = {"repo": repo, "under": under, "stages": stages, "counts": counts}
+    common = {"repo": repo, "under": under, "stages": stages, "counts": counts,
+              "repo_url": (config.repo_url or "").rstrip("/")}
     relative_path = lambda path: path.resolve().relative_to(build.data_root).as_posix()  # noqa: E731
 
     def add(page: GeneratedPage) -> None:
@@ -759,9 +763,11 @@ def plan_pages(build: Build, config: Any) -> None:
         add(GeneratedPage(f"papers/{paper.id}.md", paper.display_name, "paper.html",
                           {**common, "paper": paper, "placements": placements, "facets": facets,
                            "links": paper_links(paper), "authors": authors_text(paper),
-                           "bibtex": entries[bibtex.citation_key(paper)], "related": related[paper.id]},
+                           "bibtex": entries[bibtex.citation_key(paper)], "related": related[paper.id],
+                           "csl": json.dumps(citations.csl_item(paper), ensure_ascii=False, indent=2),
+                           "ris": citations.ris_entry(paper)},
                           relative_path(repo.paths[paper.id]), tags=facet_tags(repo, paper), in_nav=False,
-                          hide=("navigation", "toc")))
+                          hide=("navigation", "toc"), citation=tuple(citations.citation_meta(paper))))
     add(GeneratedPage("explore.md", "Explore", "explore.html",
                       {**common, "venues": sorted({p.venue for p in repo.papers}, key=str.lower),
                        "facets": repo.taxonomy.facets}, "site_src/templates/explore.html", hide=("navigation", "toc")))
@@ -808,6 +814,8 @@ def plan_pages(build: Build, config: Any) -> None:
     site_name = config.site_name
     build.assets["papers.bib"] = library
     build.assets["papers.json"] = papers_json(repo)
+    build.assets["papers.csl.json"] = citations.csl_json(repo.papers)
+    build.assets["papers.ris"] = citations.ris(repo.papers)
     build.assets["feed.xml"] = atom_feed(repo, config.site_url, site_name)
     build.assets["assets/data/explore.json"] = json.dumps(explore_data(repo), ensure_ascii=False,
                                                           separators=(",", ":"))

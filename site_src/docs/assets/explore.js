@@ -6,7 +6,7 @@
 
   // The text filter is "text", not "q": Material's search reads "q" and would open its overlay on a shared link.
   var BASE_FIELDS = ["text", "stage", "node", "venue", "from", "to", "code"];
-  var bibtexCache = null;
+  var downloadCache = {};  // format -> the whole collection's file, fetched once
 
   function rowsOf(data) {
     var col = {};
@@ -136,8 +136,37 @@
     return byKey;
   }
 
-  function download(name, text) {
-    var blob = new Blob([text], { type: "application/x-bibtex;charset=utf-8" });
+  function risEntries(text) {
+    var byKey = {};
+    text.split(/\n(?=TY {2}- )/).forEach(function (chunk) {
+      var match = /^ID {2}- (\S+)$/m.exec(chunk);
+      if (match) byKey[match[1]] = chunk.trim();
+    });
+    return byKey;
+  }
+
+  // Each download format: the site file it comes from, how to split it by citation key, how to join a pick.
+  var FORMATS = {
+    bibtex: { data: "bibtex", file: "efficient-lvlm-papers.bib", type: "application/x-bibtex",
+      split: bibtexEntries,
+      join: function (picked, href) {
+        return "% " + picked.length + " BibTeX entries exported from the explore page: " + href + "\n\n" +
+          picked.join("\n\n") + "\n";
+      } },
+    csl: { data: "csl", file: "efficient-lvlm-papers.json", type: "application/vnd.citationstyles.csl+json",
+      split: function (text) {
+        var byKey = {};
+        JSON.parse(text).forEach(function (item) { byKey[item.id] = item; });
+        return byKey;
+      },
+      join: function (picked) { return JSON.stringify(picked, null, 1) + "\n"; } },
+    ris: { data: "ris", file: "efficient-lvlm-papers.ris", type: "application/x-research-info-systems",
+      split: risEntries,
+      join: function (picked) { return picked.join("\n\n") + "\n"; } }
+  };
+
+  function download(name, text, type) {
+    var blob = new Blob([text], { type: type + ";charset=utf-8" });
     var url = URL.createObjectURL(blob);
     var a = document.createElement("a");
     a.href = url;
@@ -197,17 +226,17 @@
       update(true);
     });
     root.querySelector("#lvlm-download").addEventListener("click", function () {
-      var source = bibtexCache ? Promise.resolve(bibtexCache) : fetch(root.dataset.bibtex).then(function (r) {
-        if (!r.ok) throw new Error("papers.bib answered " + r.status);
-        return r.text();
-      });
+      var format = FORMATS[root.querySelector("#lvlm-download-format").value] || FORMATS.bibtex;
+      var source = downloadCache[format.data] ? Promise.resolve(downloadCache[format.data]) :
+        fetch(root.dataset[format.data]).then(function (r) {
+          if (!r.ok) throw new Error(format.data + " file answered " + r.status);
+          return r.text();
+        });
       source.then(function (text) {
-        bibtexCache = text;
-        var entries = bibtexEntries(text);
+        downloadCache[format.data] = text;
+        var entries = format.split(text);
         var picked = shown.map(function (row) { return entries[row.key]; }).filter(Boolean);
-        var header = "% " + picked.length + " BibTeX entries exported from the explore page: " +
-          window.location.href + "\n\n";
-        download("efficient-lvlm-papers.bib", header + picked.join("\n\n") + "\n");
+        download(format.file, format.join(picked, window.location.href), format.type);
       }).catch(function (error) { count.parentNode.title = "Download failed: " + error.message; });
     });
     update(false);
