@@ -217,6 +217,14 @@ def test_a_shared_explore_link_keeps_its_filter_and_opens_no_search_overlay(site
     assert tab.page.input_value("input[name=text]") == "kv cache"
 
 
+def test_search_finds_a_paper_by_its_arxiv_id(tab):
+    tab.open("")
+    tab.page.focus(".md-search__input")
+    tab.page.keyboard.type("2403.06764", delay=30)
+    result = tab.page.locator(".md-search-result__item a[href*='papers/fastv-2024/']").first
+    result.wait_for(timeout=15000)
+
+
 def test_search_finds_fastv(tab):
     tab.open("")
     tab.page.focus(".md-search__input")

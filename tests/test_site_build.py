@@ -204,7 +204,8 @@ def test_paper_page_has_links_bibtex_related_and_edit_button(site):
     assert re.search(r'href="https://github\.com/[^"]+/edit/main/papers/fastv-2024\.yaml"', html)
     assert "@inproceedings{chen2024fastv" in html or "{chen2024fastv," in html
     related = html.split('id="related"')[1]
-    assert "../sparsevlm-2024/" in related or "../pyramiddrop-2024/" in related  # same node comes first
+    same_node = related.split('id="same-node"')[1].split('id="similar"')[0]
+    assert "../sparsevlm-2024/" in same_node or "../pyramiddrop-2024/" in same_node
     assert '../../taxonomy/prefilling/token-compression/attention-guided/' in html
 
 
@@ -288,7 +289,8 @@ def test_paper_template_shows_any_title_as_text(title):
     env = hook.template_environment(ROOT)
     html = env.get_template("paper.html").render(
         repo=repo, under={}, stages=[], counts={}, paper=paper, placements=[], facets=[], links=[],
-        authors="A B", bibtex="@misc{x}", csl="{}", ris="TY  - GEN", related=[], link=lambda target: target,
+        authors="A B", bibtex="@misc{x}", csl="{}", ris="TY  - GEN", same_node=[], similar=[],
+        link=lambda target: target,
         repo_url="",
     )
     document = parse(html)

@@ -273,10 +273,12 @@ def similarity_index(papers: list[Paper]) -> Callable[[Paper], list[tuple[float,
     return ranked
 
 
-def related_papers(repo: repository.Repository, under: dict[str, list[Paper]]) -> dict[str, list[Paper]]:
-    """Up to RELATED_SIZE papers of the same primary node, then up to RELATED_SIZE similar ones from elsewhere."""
+def related_papers(repo: repository.Repository,
+                   under: dict[str, list[Paper]]) -> dict[str, tuple[list[Paper], list[Paper]]]:
+    """For each paper: up to RELATED_SIZE papers of the same primary node (the most similar first), and up to
+    RELATED_SIZE similarly worded papers from elsewhere; the page shows the two lists under their own names."""
     ranked = similarity_index(repo.papers)
-    related: dict[str, list[Paper]] = {}
+    related: dict[str, tuple[list[Paper], list[Paper]]] = {}
     for paper in repo.papers:
         order = ranked(paper)
         rank = {other.id: position for position, (_, other) in enumerate(order)}
@@ -285,7 +287,7 @@ def related_papers(repo: repository.Repository, under: dict[str, list[Paper]]) -
         chosen = siblings[:RELATED_SIZE]
         taken = {other.id for other in chosen} | {paper.id}
         similar = [other for score, other in order if other.id not in taken and score > 0.05][:RELATED_SIZE]
-        related[paper.id] = chosen + similar
+        related[paper.id] = (chosen, similar)
     return related
 
 
@@ -300,7 +302,7 @@ def paper_links(paper: Paper) -> list[tuple[str, str]]:
     if paper.url:
         links.append(("Paper", str(paper.url)))
     if paper.arxiv:
-        links.append(("arXiv", f"https://arxiv.org/abs/{paper.arxiv}"))
+        links.append((f"arXiv {paper.arxiv}", f"https://arxiv.org/abs/{paper.arxiv}"))
     if paper.doi:
         links.append(("DOI", f"https://doi.org/{paper.doi}"))
     if paper.code:
@@ -763,7 +765,7 @@ def plan_pages(build: Build, config: Any) -> None:
         add(GeneratedPage(f"papers/{paper.id}.md", paper.display_name, "paper.html",
                           {**common, "paper": paper, "placements": placements, "facets": facets,
                            "links": paper_links(paper), "authors": authors_text(paper),
-                           "bibtex": entries[bibtex.citation_key(paper)], "related": related[paper.id],
+                           "bibtex": entries[bibtex.citation_key(paper)], "same_node": related[paper.id][0], "similar": related[paper.id][1],
                            "csl": json.dumps(citations.csl_item(paper), ensure_ascii=False, indent=2),
                            "ris": citations.ris_entry(paper)},
                           relative_path(repo.paths[paper.id]), tags=facet_tags(repo, paper), in_nav=False,
