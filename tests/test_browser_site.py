@@ -262,6 +262,29 @@ def test_script_title_renders_as_text_with_no_dialog(site, tab):
     assert tab.dialogs == []
 
 
+def test_explore_on_a_phone_folds_the_filters_and_shows_rows_as_cards(site, tab):
+    tab.page.set_viewport_size({"width": 390, "height": 844})
+    tab.open("explore/?stage=prefilling")
+    tab.explore_ready()
+    assert tab.page.evaluate("document.querySelector('.lvlm-filters-box').open") is False
+    assert tab.page.text_content("#lvlm-filter-count") == " (1 set)"
+    assert not tab.page.is_visible("select[name=stage]")
+    first_row = tab.page.locator("#lvlm-rows tr").first
+    assert first_row.evaluate("row => getComputedStyle(row).display") == "block"
+    assert tab.page.locator(".lvlm-explore__table thead").is_hidden()
+    assert tab.page.evaluate("document.documentElement.scrollWidth") <= 390, "nothing sticks out sideways"
+    tab.page.click(".lvlm-filters-box > summary")
+    assert tab.page.input_value("select[name=stage]") == "prefilling"
+    assert tab.page.locator("#lvlm-more").is_hidden()  # the fixture's rows fit in one page
+
+
+def test_explore_shows_each_placement_with_its_parent(site, tab):
+    tab.open("explore/?node=prefilling/token-compression")
+    tab.explore_ready()
+    cells = tab.page.locator("#lvlm-rows tr td:nth-child(4)").all_text_contents()
+    assert cells and all(cell.startswith("Prefilling-side token compression › ") for cell in cells)
+
+
 def test_instant_navigation_to_explore_fills_the_table(site, tab):
     tab.open("")
     tab.page.click(".md-tabs__link:text('Explore')")

@@ -340,7 +340,7 @@ def explore_data(repo: repository.Repository) -> dict[str, Any]:
         ])
     return {
         "columns": ["id", "name", "title", "authors", "year", "venue", "nodes", "facets", "code", "key"],
-        "nodes": [[path, repo.nodes[path].node.name] for path in node_paths],
+        "nodes": [[path, placement_label(repo, path)] for path in node_paths],
         "facets": facets,
         "rows": rows,
     }
@@ -567,6 +567,12 @@ def charts(repo: repository.Repository, under: dict[str, list[Paper]]) -> dict[s
         "venues": svg_pair(venues, (7.5, 0.28 * (len(top) + 1) + 0.8)),
         "code-share": svg_pair(code_share, (7.5, 0.35 * len(code_rows) + 0.8)),
     }
+
+
+def placement_label(repo: repository.Repository, path: str) -> str:
+    """'Keyframe selection › Training-free': a leaf with its parent, since leaf names repeat across the tree."""
+    node = repo.nodes[path]
+    return f"{repo.nodes[node.parent].node.name} › {node.node.name}" if node.depth >= 2 else node.node.name
 
 
 def node_label(repo: repository.Repository, path: str) -> str:

@@ -6,7 +6,8 @@
 
   // The text filter is "text", not "q": Material's search reads "q" and would open its overlay on a shared link.
   var BASE_FIELDS = ["text", "stage", "node", "venue", "from", "to", "code"];
-  var downloadCache = {};  // format -> the whole collection's file, fetched once
+  var downloadCache = {};
+  var PAGE_ROWS = 100;  // rows drawn at a time: the full table is 500+ rows, tens of thousands of px on a phone  // format -> the whole collection's file, fetched once
 
   function rowsOf(data) {
     var col = {};
@@ -190,13 +191,25 @@
     var sort = params.get("sort") || "year";
     var order = params.get("order") || (sort === "year" ? "desc" : "asc");
     var shown = [];
+    var limit = PAGE_ROWS;
+    var more = root.querySelector("#lvlm-more");
     writeForm(form, fields, initial);
+
+    function draw() {
+      renderRows(body, shown.slice(0, limit), root.dataset.papers);
+      more.hidden = shown.length <= limit;
+      more.textContent = "Show " + Math.min(PAGE_ROWS, shown.length - limit) + " more of " +
+        (shown.length - limit) + " not shown";
+    }
 
     function update(pushUrl) {
       var filter = readForm(form, fields);
       shown = sortRows(rows.filter(function (row) { return matches(row, filter, facetNames); }), sort, order);
-      renderRows(body, shown, root.dataset.papers);
+      limit = PAGE_ROWS;
+      draw();
       count.textContent = String(shown.length);
+      var active = Object.keys(filter).length;
+      root.querySelector("#lvlm-filter-count").textContent = active ? " (" + active + " set)" : "";
       root.querySelectorAll("th button[data-sort]").forEach(function (button) {
         if (button.dataset.sort === sort) button.setAttribute("aria-sort", order === "asc" ? "ascending" : "descending");
         else button.removeAttribute("aria-sort");
@@ -210,6 +223,8 @@
       }
     }
 
+    more.addEventListener("click", function () { limit += PAGE_ROWS; draw(); });
+    if (window.matchMedia("(max-width: 44.9375em)").matches) root.querySelector(".lvlm-filters-box").open = false;
     form.addEventListener("submit", function (event) { event.preventDefault(); });
     form.addEventListener("input", function () { update(true); });
     form.addEventListener("change", function () { update(true); });
