@@ -295,7 +295,7 @@ def test_instant_navigation_to_explore_fills_the_table(site, tab):
 
 PAGES = ["", "taxonomy/", "taxonomy/decoding/kv-cache-compression/", "papers/fastv-2024/", "explore/",
          "statistics/", "recent/", "benchmarks/", "pilots/", "pilots/serving/", "pilots/hybrid-kv/", "roofline/",
-         "tags/", "contributing/", "cite/", "downloads/"]
+         "contributing/", "cite/", "downloads/"]
 
 
 @pytest.mark.parametrize("path", PAGES)

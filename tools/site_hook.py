@@ -1,13 +1,14 @@
 """MkDocs hook: generates the site's pages and downloads from `papers/` and `taxonomy/` at build time.
 
-Every generated page is a virtual markdown file holding only front matter (title, tags); its body is rendered
+Every generated page is a virtual markdown file holding only front matter (title, citation tags); its body is
+rendered
 from a jinja2 template in `site_src/templates/` with autoescaping on, so no text from a paper file is ever
 parsed as markdown or HTML. Nothing generated is written into the repository.
 
 Events, in build order:
 - `on_config` loads the repository (from `extra.data_root`, env `LVLM_DATA_ROOT`) and expands the
   `@taxonomy:<stage>` and `@pilots` placeholders of the navigation;
-- `on_files` adds the generated pages, the downloads (`papers.bib`, `papers.json`, `feed.xml`), the explore
+- `on_files` adds the generated pages, the downloads (`papers.bib`, `.csl.json`, `.ris`, `.json`, `feed.xml`), the explore
   page's data file and the charts;
 - `on_page_markdown` points each generated page's "edit" button at the file it comes from;
 - `on_page_content` replaces the (empty) body of a generated page by its rendered template;
@@ -120,7 +121,6 @@ class GeneratedPage:
     template: str
     context: dict[str, Any]
     edit_path: str
-    tags: tuple[str, ...] = ()
     in_nav: bool = True
     hide: tuple[str, ...] = ("toc",)
     citation: tuple[tuple[str, str], ...] = ()  # citation_* meta tags for the page's <head>
@@ -714,20 +714,11 @@ def roofline_chart() -> tuple[dict[str, str] | None, Any, str]:
 
 def front_matter(page: GeneratedPage) -> str:
     meta: dict[str, Any] = {"title": html.escape(page.title, quote=False)}
-    if page.tags:
-        meta["tags"] = list(page.tags)
     if page.hide:
         meta["hide"] = list(page.hide)
     if page.citation:
         meta["citation"] = [list(tag) for tag in page.citation]
     return "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---\n"
-
-
-def facet_tags(repo: repository.Repository, paper: Paper) -> tuple[str, ...]:
-    tags = [f"{repo.taxonomy.facets[facet].name}: {value}" for facet, value in sorted(paper.attributes.items())
-            if facet in repo.taxonomy.facets]
-    tags.append(f"Kind: {paper.kind}")
-    return tuple(tags)
 
 
 def plan_pages(build: Build, config: Any) -> None:
@@ -774,7 +765,7 @@ def plan_pages(build: Build, config: Any) -> None:
                            "bibtex": entries[bibtex.citation_key(paper)], "same_node": related[paper.id][0], "similar": related[paper.id][1],
                            "csl": json.dumps(citations.csl_item(paper), ensure_ascii=False, indent=2),
                            "ris": citations.ris_entry(paper)},
-                          relative_path(repo.paths[paper.id]), tags=facet_tags(repo, paper), in_nav=False,
+                          relative_path(repo.paths[paper.id]), in_nav=False,
                           hide=("navigation", "toc"), citation=tuple(citations.citation_meta(paper))))
     add(GeneratedPage("explore.md", "Explore", "explore.html",
                       {**common, "venues": sorted({p.venue for p in repo.papers}, key=str.lower),
