@@ -1,15 +1,14 @@
 """MkDocs hook: generates the site's pages and downloads from `papers/` and `taxonomy/` at build time.
 
 Every generated page is a virtual markdown file holding only front matter (title, citation tags); its body is
-rendered
-from a jinja2 template in `site_src/templates/` with autoescaping on, so no text from a paper file is ever
-parsed as markdown or HTML. Nothing generated is written into the repository.
+rendered from a jinja2 template in `site_src/templates/` with autoescaping on, so no text from a paper file is
+ever parsed as markdown or HTML. Nothing generated is written into the repository.
 
 Events, in build order:
 - `on_config` loads the repository (from `extra.data_root`, env `LVLM_DATA_ROOT`) and expands the
   `@taxonomy:<stage>` and `@pilots` placeholders of the navigation;
-- `on_files` adds the generated pages, the downloads (`papers.bib`, `.csl.json`, `.ris`, `.json`, `feed.xml`), the explore
-  page's data file and the charts;
+- `on_files` adds the generated pages, the downloads (`papers.bib`, `papers.csl.json`, `papers.ris`,
+  `papers.json`, `feed.xml`), the explore page's data file and the charts;
 - `on_page_markdown` points each generated page's "edit" button at the file it comes from;
 - `on_page_content` replaces the (empty) body of a generated page by its rendered template;
 - `on_serve` also watches the pilot results, so `mkdocs serve` picks up new runs.
