@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.bench import write_synthetic_repository
+from tools.bench_data import write_synthetic_repository
 from tools.cli import main
 from tools.repository import load_repository
 

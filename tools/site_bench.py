@@ -2,7 +2,7 @@
 
 Two repositories are built with the real mkdocs.yml and hook, each as a fresh `python -m mkdocs build --strict`
 process (what CI and a contributor run): the real one (`--root`) and one of SYNTHETIC_PAPERS synthetic papers
-(written by `tools.bench.write_synthetic_repository`, with the real taxonomy). For each the benchmark records the
+(written by `tools.bench_data.write_synthetic_repository`, with the real taxonomy). For each the benchmark records the
 wall time (median of `--repeats` builds), the site's size and file count, and what the explore page costs a
 reader: its HTML, its data file and the stylesheets and scripts it loads, raw and gzipped. Targets: real site
 < 20 s, SYNTHETIC_PAPERS papers < 60 s, explore page with its data < 1 MB.
@@ -27,7 +27,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tools.bench import machine, write_synthetic_repository
+from tools.bench_data import machine, write_synthetic_repository
 
 SYNTHETIC_PAPERS = 2000
 TARGETS = {"real_build_s": 20.0, "synthetic_build_s": 60.0, "explore_bytes": 1_000_000}
