@@ -20,7 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures.site.sitebuild import HOSTILE_TITLE, ROOT, BuiltSite, build_fixture_site, copy_fixture
-from tools import bibtex, repository, site_hook
+from tools import bibtex, repository
+from tools.errors import SiteError
+from tools.site import pages
+from tools.site.papers import checked_url
 from tools.errors import DataError
 
 pytestmark = pytest.mark.slow
@@ -272,21 +275,19 @@ def test_javascript_urls_are_refused_by_validation(tmp_path):
 
 
 def test_the_hook_refuses_to_link_anything_but_http():
-    hook = site_hook
-    assert hook.checked_url("https://example.org/a") == "https://example.org/a"
+    assert checked_url("https://example.org/a") == "https://example.org/a"
     for url in ["javascript:alert(1)", "JAVASCRIPT:alert(1)", "data:text/html,x", " https://x.org"]:
-        with pytest.raises(hook.SiteError):
-            hook.checked_url(url)
+        with pytest.raises(SiteError):
+            checked_url(url)
 
 
 @settings(max_examples=60, deadline=None)
 @given(title=st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=80)
        .filter(lambda s: s.strip() == s and s.strip()))
 def test_paper_template_shows_any_title_as_text(title):
-    hook = site_hook
     repo = build_fixture_site().repo
     paper = build_fixture_site().paper("fastv-2024").model_copy(update={"title": title, "name": None})
-    env = hook.template_environment(ROOT)
+    env = pages.template_environment(ROOT)
     html = env.get_template("paper.html").render(
         repo=repo, under={}, stages=[], counts={}, paper=paper, placements=[], facets=[], links=[],
         authors="A B", bibtex="@misc{x}", csl="{}", ris="TY  - GEN", same_node=[], similar=[],

@@ -65,3 +65,7 @@ class UsageError(ToolError):
     """The command was asked for something it cannot do (e.g. a duplicate paper, an unknown node)."""
 
     exit_code = 1
+
+
+class SiteError(ToolError):
+    """The site cannot be generated; the message says which file or setting to fix."""

@@ -1,0 +1,219 @@
+"""Every generated page and asset of the site, decided from the data: `plan` fills a `Site`, `render` turns one
+page into HTML. Plain Python with jinja2 templates; the MkDocs adapter (tools/site_hook.py) only hands the
+results to MkDocs, so moving to another site builder means rewriting that adapter alone."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from tools import bibtex, citations, repository
+from tools.errors import DataError, SiteError
+from tools.site.charts import charts
+from tools.site.downloads import entries_by_key, papers_json
+from tools.site.explore import explore_data
+from tools.site.feed import atom_feed, newest_papers, paper_url, recently_added
+from tools.site.papers import authors_text, checked_url, paper_links, papers_under, related_papers
+from tools.site.pilots import RESULTS_DIR, ROOFLINE_RESULTS, STUDIES, roofline_chart, study_runs, study_title
+
+TEMPLATES_DIR = Path("site_src") / "templates"
+RECENT_SIZE = 100
+HOME_NEWEST = 8
+
+
+def node_url(path: str) -> str:
+    return f"taxonomy/{path}/"
+
+
+@dataclass(frozen=True)
+class GeneratedPage:
+    """A page produced from a template: its source path in the docs tree and what to render it with."""
+
+    src_uri: str
+    title: str
+    template: str
+    context: dict[str, Any]
+    edit_path: str
+    in_nav: bool = True
+    hide: tuple[str, ...] = ("toc",)
+    citation: tuple[tuple[str, str], ...] = ()  # citation_* meta tags for the page's <head>
+
+
+@dataclass
+class Site:
+    """The repository loaded for one build, and everything derived from it."""
+
+    repo: repository.Repository
+    data_root: Path
+    env: jinja2.Environment
+    pages: dict[str, GeneratedPage] = field(default_factory=dict)
+    assets: dict[str, str | bytes] = field(default_factory=dict)
+    asset_files: dict[str, Path] = field(default_factory=dict)
+    studies: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """What the generator needs from the site configuration."""
+
+    site_name: str
+    site_url: str | None
+    repo_url: str | None
+
+
+def load(data_root: Path) -> repository.Repository:
+    try:
+        return repository.load_repository(data_root)
+    except DataError as exc:
+        problems = "\n".join(f"  {problem}" for problem in exc.problems)
+        raise SiteError(
+            f"the data under {data_root} has {len(exc.problems)} problem(s); "
+            f"run `python -m tools validate` and fix them:\n{problems}"
+        ) from None
+
+
+def generate(data_root: Path, config_dir: Path, config: SiteConfig) -> Site:
+    """Load the data under `data_root` and plan every page and asset."""
+    site = Site(repo=load(data_root), data_root=data_root, env=template_environment(config_dir))
+    plan(site, config)
+    return site
+
+
+def render(site: Site, page: GeneratedPage, link: Callable[[str], str]) -> str:
+    """The page's HTML; `link` turns a site path ('papers/fastv-2024/') into a link from this page."""
+    return site.env.get_template(page.template).render(**page.context, link=link)
+
+
+def front_matter(page: GeneratedPage) -> str:
+    meta: dict[str, Any] = {"title": html.escape(page.title, quote=False)}
+    if page.hide:
+        meta["hide"] = list(page.hide)
+    if page.citation:
+        meta["citation"] = [list(tag) for tag in page.citation]
+    return "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---\n"
+
+
+def plan(site: Site, config: SiteConfig) -> None:
+    """Decide every generated page and asset of the site."""
+    repo = site.repo
+    under = papers_under(repo)
+    related = related_papers(repo, under)
+    added = recently_added(repo.papers)
+    newest = newest_papers(repo.papers)
+    stages = [repo.nodes[stage.id] for stage in repo.taxonomy.stages]
+    counts = {
+        "papers": len(repo.papers),
+        "nodes": len(repo.nodes),
+        "with_code": sum(1 for p in repo.papers if p.code),
+        "venues": len({p.venue for p in repo.papers}),
+        "years": (min((p.year for p in repo.papers), default=0), max((p.year for p in repo.papers), default=0)),
+    }
+    common = {"repo": repo, "under": under, "stages": stages, "counts": counts,
+              "repo_url": (config.repo_url or "").rstrip("/")}
+    relative_path = lambda path: path.resolve().relative_to(site.data_root).as_posix()  # noqa: E731
+
+    def add(page: GeneratedPage) -> None:
+        site.pages[page.src_uri] = page
+
+    library = bibtex.export_bibtex(repo.papers)
+    entries = entries_by_key(library)
+
+    add(GeneratedPage("index.md", "Home", "home.html",
+                      {**common, "newest": newest[:HOME_NEWEST], "added": added[:HOME_NEWEST]},
+                      "site_src/templates/home.html", hide=("toc", "navigation")))
+    add(GeneratedPage("taxonomy/index.md", "Taxonomy", "taxonomy.html", common, "taxonomy/taxonomy.yaml"))
+    for path, node in repo.nodes.items():
+        ancestors = [repo.nodes["/".join(path.split("/")[: d + 1])] for d in range(node.depth)]
+        children = [repo.nodes[f"{path}/{child.id}"] for child in node.node.children]
+        add(GeneratedPage(f"taxonomy/{path}/index.md", node.node.name, "node.html",
+                          {**common, "node": node, "ancestors": ancestors, "children": children,
+                           "papers": under[path]}, "taxonomy/taxonomy.yaml"))
+    for paper in repo.papers:
+        placements = [repo.nodes[p] for p in paper.taxonomy if p in repo.nodes]
+        facets = [(repo.taxonomy.facets[f], v) for f, v in sorted(paper.attributes.items())
+                  if f in repo.taxonomy.facets]
+        add(GeneratedPage(f"papers/{paper.id}.md", paper.display_name, "paper.html",
+                          {**common, "paper": paper, "placements": placements, "facets": facets,
+                           "links": paper_links(paper), "authors": authors_text(paper),
+                           "bibtex": entries[bibtex.citation_key(paper)],
+                           "same_node": related[paper.id][0], "similar": related[paper.id][1],
+                           "csl": json.dumps(citations.csl_item(paper), ensure_ascii=False, indent=2),
+                           "ris": citations.ris_entry(paper)},
+                          relative_path(repo.paths[paper.id]), in_nav=False,
+                          hide=("navigation", "toc"), citation=tuple(citations.citation_meta(paper))))
+    add(GeneratedPage("explore.md", "Explore", "explore.html",
+                      {**common, "venues": sorted({p.venue for p in repo.papers}, key=str.lower),
+                       "facets": repo.taxonomy.facets}, "site_src/templates/explore.html", hide=("navigation", "toc")))
+    add(GeneratedPage("statistics.md", "Statistics", "statistics.html",
+                      {**common, "venue_counts": Counter(p.venue for p in repo.papers).most_common()},
+                      "site_src/templates/statistics.html"))
+    add(GeneratedPage("recent.md", "What's new", "recent.html",
+                      {**common, "newest": newest[:RECENT_SIZE], "added": added[:RECENT_SIZE]},
+                      "site_src/templates/recent.html"))
+    benchmark_stage = next((s for s in stages if s.kind == "benchmark"), None)
+    add(GeneratedPage("benchmarks.md", "Benchmarks", "benchmarks.html",
+                      {**common, "stage": benchmark_stage,
+                       "domains": [repo.nodes[f"{benchmark_stage.path}/{c.id}"] for c in benchmark_stage.node.children]
+                       if benchmark_stage else []},
+                      "site_src/templates/benchmarks.html"))
+
+    results = site.data_root / RESULTS_DIR
+    studies = list(STUDIES) + sorted(p.name for p in results.glob("*") if p.is_dir() and p.name not in STUDIES
+                                     and p.name != ROOFLINE_RESULTS and not p.name.startswith((".", "_")))
+    summaries = []
+    for study in studies:
+        runs, assets = study_runs(results, study)
+        site.asset_files.update(assets)
+        summaries.append((study, study_title(study), STUDIES.get(study, ("", ""))[1], runs))
+        add(GeneratedPage(f"pilots/{study}.md", study_title(study), "pilot_study.html",
+                          {**common, "study": study, "title": study_title(study),
+                           "about": STUDIES.get(study, ("", ""))[1], "runs": runs},
+                          f"pilot_experiments/results/{study}", hide=()))
+    add(GeneratedPage("pilots/index.md", "Pilot studies", "pilots.html", {**common, "studies": summaries},
+                      "site_src/templates/pilots.html"))
+
+    roofline, chart, missing = roofline_chart()
+    if roofline:
+        site.assets.update({f"assets/charts/roofline-{theme}.svg": svg for theme, svg in roofline.items()})
+    measured, assets = study_runs(results, ROOFLINE_RESULTS)
+    site.asset_files.update(assets)
+    add(GeneratedPage("roofline.md", "Roofline", "roofline.html",
+                      {**common, "chart": chart, "missing": missing, "runs": measured},
+                      "pilot_experiments/roofline.py", hide=()))
+
+    for name, pair in charts(repo, under).items():
+        for theme, svg in pair.items():
+            site.assets[f"assets/charts/{name}-{theme}.svg"] = svg
+    site_name = config.site_name
+    site.assets["papers.bib"] = library
+    site.assets["papers.json"] = papers_json(repo)
+    site.assets["papers.csl.json"] = citations.csl_json(repo.papers)
+    site.assets["papers.ris"] = citations.ris(repo.papers)
+    site.assets["feed.xml"] = atom_feed(repo, config.site_url, site_name)
+    site.assets["assets/data/explore.json"] = json.dumps(explore_data(repo), ensure_ascii=False,
+                                                          separators=(",", ":"))
+    site.studies = studies
+
+
+def template_environment(config_dir: Path) -> jinja2.Environment:
+    folder = config_dir / TEMPLATES_DIR
+    if not folder.is_dir():
+        raise SiteError(f"the page templates are missing: {folder} does not exist")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.globals.update(paper_url=paper_url, node_url=node_url)
+    env.filters["http_only"] = lambda url: checked_url(str(url))
+    return env
