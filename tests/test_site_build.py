@@ -369,3 +369,47 @@ def test_copy_of_the_repository_builds_strictly_and_serve_rebuilds_on_a_yaml_edi
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_pilot_page_opens_with_a_glance_and_scrolls_wide_tables(site):
+    serving = site.html("pilots/serving/")
+    glance = serving.split('class="admonition abstract lvlm-glance"', 1)[1].split("</div>", 1)[0]
+    assert "preset smoke" in glance and "device cpu" in glance and "Measured on a CPU" in glance
+    assert serving.index("lvlm-glance") < serving.index("<table>")
+    assert '<div class="lvlm-scroll"><table>' in serving and "<table>" not in serving.replace(
+        '<div class="lvlm-scroll"><table>', "")
+
+
+def test_results_markdown_reads_a_table_right_under_its_caption() -> None:
+    from tools.site.pilots import safe_markdown, split_results
+
+    html = safe_markdown("Goodput per family:\n| a | b |\n|---|---|\n| 1 | 2 |\n\nMore:\n| c |\n|---|\n| 3 |\n")
+    assert html.count("<table>") == 2
+    headline, rest = split_results(html)
+    assert headline.endswith("</table></div>") and "<th>a</th>" in headline and "<th>c</th>" in rest
+
+
+def test_a_run_older_than_its_code_is_flagged(tmp_path) -> None:
+    from tools.site.pilots import commits_since
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "T")
+    (tmp_path / "study.py").write_text("x = 1\n")
+    git("add", "study.py")
+    git("commit", "-qm", "study")
+    results_commit = git("rev-parse", "HEAD")
+    assert commits_since(tmp_path, results_commit, ("study.py",)) == []
+    (tmp_path / "other.py").write_text("y = 1\n")
+    git("add", "other.py")
+    git("commit", "-qm", "unrelated")
+    assert commits_since(tmp_path, results_commit, ("study.py",)) == []
+    (tmp_path / "study.py").write_text("x = 2\n")
+    git("commit", "-qam", "change the study")
+    later = commits_since(tmp_path, results_commit, ("study.py",))
+    assert len(later) == 1 and later[0].endswith("change the study")
+    assert commits_since(tmp_path, "0" * 40, ("study.py",)) is None  # a commit this clone does not have

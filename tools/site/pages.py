@@ -22,7 +22,7 @@ from tools.site.downloads import entries_by_key, papers_json
 from tools.site.explore import explore_data
 from tools.site.feed import atom_feed, newest_papers, paper_url, recently_added
 from tools.site.papers import authors_text, checked_url, paper_links, papers_under, related_papers
-from tools.site.pilots import RESULTS_DIR, ROOFLINE_RESULTS, STUDIES, roofline_chart, study_runs, study_title
+from tools.site.pilots import RESULTS_DIR, ROOFLINE_RESULTS, STUDIES, extra_study, roofline_chart, study_runs
 
 TEMPLATES_DIR = Path("site_src") / "templates"
 RECENT_SIZE = 100
@@ -166,24 +166,28 @@ def plan(site: Site, config: SiteConfig) -> None:
                       "site_src/templates/benchmarks.html"))
 
     results = site.data_root / RESULTS_DIR
-    studies = list(STUDIES) + sorted(p.name for p in results.glob("*") if p.is_dir() and p.name not in STUDIES
-                                     and p.name != ROOFLINE_RESULTS and not p.name.startswith((".", "_")))
+    claimed = {folder for study in STUDIES for folder, _ in study.folders} | {ROOFLINE_RESULTS}
+    extra = sorted(p.name for p in results.glob("*") if p.is_dir() and p.name not in claimed
+                   and not p.name.startswith((".", "_")))
     summaries = []
-    for study in studies:
-        runs, assets = study_runs(results, study)
-        site.asset_files.update(assets)
-        summaries.append((study, study_title(study), STUDIES.get(study, ("", ""))[1], runs))
-        add(GeneratedPage(f"pilots/{study}.md", study_title(study), "pilot_study.html",
-                          {**common, "study": study, "title": study_title(study),
-                           "about": STUDIES.get(study, ("", ""))[1], "runs": runs},
-                          f"pilot_experiments/results/{study}", hide=()))
+    for study in [*STUDIES, *map(extra_study, extra)]:
+        groups = []
+        for folder, label in study.folders:
+            runs, assets = study_runs(site.data_root, folder, study.code)
+            site.asset_files.update(assets)
+            groups.append((folder, label, runs))
+        count = sum(len(runs) for _, _, runs in groups)
+        summaries.append((study, count))
+        add(GeneratedPage(f"pilots/{study.slug}.md", study.title, "pilot_study.html",
+                          {**common, "study": study, "groups": groups, "count": count},
+                          f"pilot_experiments/results/{study.folders[0][0]}", hide=()))
     add(GeneratedPage("pilots/index.md", "Pilot studies", "pilots.html", {**common, "studies": summaries},
                       "site_src/templates/pilots.html"))
 
     roofline, chart, missing = roofline_chart()
     if roofline:
         site.assets.update({f"assets/charts/roofline-{theme}.svg": svg for theme, svg in roofline.items()})
-    measured, assets = study_runs(results, ROOFLINE_RESULTS)
+    measured, assets = study_runs(site.data_root, ROOFLINE_RESULTS, ("pilot_experiments/roofline.py",))
     site.asset_files.update(assets)
     add(GeneratedPage("roofline.md", "Roofline", "roofline.html",
                       {**common, "chart": chart, "missing": missing, "runs": measured},
@@ -200,7 +204,7 @@ def plan(site: Site, config: SiteConfig) -> None:
     site.assets["feed.xml"] = atom_feed(repo, config.site_url, site_name)
     site.assets["assets/data/explore.json"] = json.dumps(explore_data(repo), ensure_ascii=False,
                                                           separators=(",", ":"))
-    site.studies = studies
+    site.studies = [study.slug for study in STUDIES] + extra
 
 
 def template_environment(config_dir: Path) -> jinja2.Environment:

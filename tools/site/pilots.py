@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,37 +19,79 @@ from tools.site.charts import FALLBACK_COLOUR, STAGE_COLOURS, svg_pair
 log = logging.getLogger("mkdocs.hooks.site")
 
 RESULTS_DIR = Path("pilot_experiments") / "results"
-# The four frontier studies of the survey (section 6); results/<study>/ may also hold others.
-STUDIES = {
-    "hybrid-kv": (
-        "Hybrid KV cache compression",
-        "Heads are classified by how they attend to visual and to text tokens, and each class gets its own "
-        "cache budget and operator (pruning, retrieval or quantization), compared with uniform baselines.",
-    ),
-    "relaxed-spec": (
-        "Relaxed speculative decoding",
-        "A draft that sees a fraction of the visual tokens proposes tokens; verification is strict on words "
-        "that carry visual content and relaxed on function words.",
-    ),
-    "streaming": (
-        "Streaming video state",
-        "Memory, latency and accuracy of cache policies for an unbounded video stream, from a sliding window "
-        "to a hierarchical memory that retrieves old frames on demand.",
-    ),
-    "serving": (
-        "Disaggregated serving",
-        "A discrete-event simulation of monolithic, stage-disaggregated, modality-partitioned and "
-        "SM-multiplexed serving at equal GPU count, with goodput and tail latency per workload.",
-    ),
-}
+
+
+@dataclass(frozen=True)
+class Study:
+    """One pilot page: the study, what it can and cannot show, and the results folders (with their labels) and
+    code it documents."""
+
+    slug: str
+    title: str
+    about: str
+    caveat: str
+    folders: tuple[tuple[str, str], ...]
+    code: tuple[str, ...]
+
+
+MODEL_CODE = ("pilot_experiments/model.py", "pilot_experiments/synthvis.py", "pilot_experiments/train.py")
+# The four frontier studies of the survey (section 6), then the runs that support them.
+STUDIES = (
+    Study("hybrid-kv", "Hybrid KV cache compression",
+          "Heads are classified by how they attend to visual and to text tokens, and each class gets its own "
+          "cache budget and operator (pruning, retrieval or quantization), compared with uniform baselines.",
+          "A 3 M-parameter model on synthetic pictures and videos: how the policies rank here need not carry over "
+          "to a real VLM (on the real SmolLM2-135M weights the ranking reverses, see Real checkpoints).",
+          (("hybrid-kv", "Study"),),
+          ("pilot_experiments/studies/hybrid_kv", "pilot_experiments/kvcache.py", *MODEL_CODE)),
+    Study("relaxed-spec", "Relaxed speculative decoding",
+          "A draft that sees a fraction of the visual tokens proposes tokens; verification is strict on words "
+          "that carry visual content and relaxed on function words.",
+          "Speedups are wall-clock times of small models on a CPU, where Python dispatch dominates each step; "
+          "they say little about a GPU, and values below 1 are expected.",
+          (("relaxed-spec", "Study"),), ("pilot_experiments/studies/relaxed_spec", *MODEL_CODE)),
+    Study("streaming", "Streaming video state",
+          "Memory, latency and accuracy of cache policies for an unbounded video stream, from a sliding window "
+          "to a hierarchical memory that retrieves old frames on demand.",
+          "Few questions about the far past per run, so far-past accuracies move a lot between checkpoints; "
+          "latencies are CPU wall-clock times.",
+          (("streaming", "Study"),),
+          ("pilot_experiments/studies/streaming", "pilot_experiments/kvcache.py", *MODEL_CODE)),
+    Study("serving", "Disaggregated serving",
+          "A discrete-event simulation of monolithic, stage-disaggregated, modality-partitioned and "
+          "SM-multiplexed serving at equal GPU count, with goodput and tail latency per workload.",
+          "Stage costs come from the roofline model or from profiles measured on this CPU, not from a GPU "
+          "cluster; the validation runs check the simulator against a small real deployment.",
+          (("serving", "Simulation"), ("serving-validation", "Validation against a measured deployment"),
+           ("serving-validation-vit-s", "Validation with a real ViT-S encoder")),
+          ("pilot_experiments/studies/serving",)),
+    Study("reference-models", "Reference LVLM",
+          "The small vision-language models the studies run on, trained reproducibly on SynthVis: the target "
+          "and the draft used by speculative decoding.",
+          "Trained on a synthetic visual world for minutes on a CPU; their quality is only meaningful there.",
+          (("train-target", "Target model"), ("train-draft", "Draft model")), MODEL_CODE),
+    Study("real-checkpoints", "Real checkpoints",
+          "The studies' mechanics run on real pretrained weights (SmolLM2-135M, a ViT-S) through the "
+          "transformers backend.",
+          "Text scenes and a small language model, not a vision-language benchmark.",
+          (("real-checkpoints", "Mechanics on real weights"),), ("pilot_experiments/backends",)),
+)
 ROOFLINE_RESULTS = "roofline"  # results/roofline/ holds `python -m pilot_experiments roofline` runs
 ROOF_COLOURS = ("#5c6bc0", "#26a69a", "#ef6c00", "#8d6e63")
 POINT_STAGES = {"encode": "encoding", "prefill": "prefilling", "decode": "decoding"}
 HTML_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+# Python-Markdown reads a table only after a blank line; results files often put one right under its caption.
+TABLE_AFTER_TEXT = re.compile(r"^([^|\n][^\n]*)\n(\|)", re.MULTILINE)
 
 
-def study_title(study: str) -> str:
-    return STUDIES.get(study, (study.replace("-", " ").capitalize(), ""))[0]
+def study_title(slug: str) -> str:
+    known = {study.slug: study.title for study in STUDIES}
+    return known.get(slug, slug.replace("-", " ").capitalize())
+
+
+def extra_study(folder: str) -> Study:
+    """A results folder no study claims gets a page of its own."""
+    return Study(folder, study_title(folder), "", "", ((folder, "Runs"),), ())
 
 
 def safe_markdown(text: str) -> str:
@@ -57,27 +100,70 @@ def safe_markdown(text: str) -> str:
     converter = markdown.Markdown(extensions=["tables", "fenced_code", TocExtension(baselevel=4)])
     converter.preprocessors.deregister("html_block")
     converter.inlinePatterns.deregister("html")
-    return converter.convert(HTML_COMMENT.sub("", text))
+    return converter.convert(TABLE_AFTER_TEXT.sub(r"\1\n\n\2", HTML_COMMENT.sub("", text)))
 
 
 @dataclass(frozen=True)
 class StudyRun:
-    """One run of a study: a results/<study>/<stem>.json file and its companions of the same stem."""
+    """One run: a results/<folder>/<stem>.json file and its companions of the same stem."""
 
     stem: str
     facts: list[tuple[str, str]]
-    table_html: str | None
+    glance: list[tuple[str, str]]
+    headline_html: str | None
+    rest_html: str | None
     json_asset: str | None
     images: list[str]
+    stale: str | None
+    on_cpu: bool
 
 
 RUN_FACTS = ("study", "preset", "device", "device_name", "torch", "torch_version", "git_commit", "commit", "seed",
              "wall_s", "wall_time_s", "wall_time", "finished_utc", "created", "timestamp", "python")
+TABLE_OPEN = re.compile(r"<table>")
+TABLE_CLOSE = re.compile(r"</table>")
 
 
-def study_runs(results: Path, study: str) -> tuple[list[StudyRun], dict[str, Path]]:
-    """The runs found under results/<study>/ and the files to publish with them."""
-    folder = results / study
+def split_results(html: str) -> tuple[str, str | None]:
+    """The results up to the end of their first table (the headline), and the rest; every table scrolls inside
+    its own box instead of widening the page."""
+    html = TABLE_CLOSE.sub("</table></div>", TABLE_OPEN.sub('<div class="lvlm-scroll"><table>', html))
+    end = html.find("</table></div>")
+    if end < 0:
+        return html, None
+    end += len("</table></div>")
+    rest = html[end:].strip()
+    return html[:end], rest or None
+
+
+def commits_since(root: Path, commit: str, paths: tuple[str, ...]) -> list[str] | None:
+    """'<hash> <subject>' of each later commit that changed `paths`, newest first; None when git cannot tell
+    (no git, or a shallow clone without the results' commit)."""
+    if not paths or not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        return None
+    try:
+        result = subprocess.run(["git", "-C", str(root), "log", "--format=%h %s", f"{commit}..HEAD", "--", *paths],
+                                capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.splitlines() if result.returncode == 0 else None
+
+
+def glance_of(record: dict) -> list[tuple[str, str]]:
+    """What ran, in a few words: preset, device, model size, wall time, commit."""
+    metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+    params = metrics.get("params")
+    params = params.get("total") if isinstance(params, dict) else params
+    facts = [("preset", record.get("preset")), ("device", record.get("device")),
+             ("model", f"{params / 1e6:.2f} M parameters" if isinstance(params, int | float) else None),
+             ("wall time", f"{record['wall_s']:.0f} s" if isinstance(record.get("wall_s"), int | float) else None),
+             ("commit", str(record.get("git_commit", ""))[:12] or None)]
+    return [(name, str(value)) for name, value in facts if value]
+
+
+def study_runs(root: Path, folder_name: str, code: tuple[str, ...] = ()) -> tuple[list[StudyRun], dict[str, Path]]:
+    """The runs found under results/<folder_name>/ and the files to publish with them."""
+    folder = root / RESULTS_DIR / folder_name
     if not folder.is_dir():
         return [], {}
     assets: dict[str, Path] = {}
@@ -91,30 +177,36 @@ def study_runs(results: Path, study: str) -> tuple[list[StudyRun], dict[str, Pat
             images_by_stem[owner].append(image)
     runs = []
     for stem in stems:
-        facts: list[tuple[str, str]] = []
+        record: Any = {}
         json_asset = None
         json_path = folder / f"{stem}.json"
         if json_path.is_file():
-            json_asset = f"pilots/{study}/{json_path.name}"
+            json_asset = f"pilots/{folder_name}/{json_path.name}"
             assets[json_asset] = json_path
             try:
                 record = json.loads(json_path.read_text(encoding="utf-8"))
             except (OSError, json.JSONDecodeError) as exc:
                 log.warning("pilot result %s is not valid JSON (%s); publishing it as a file only", json_path, exc)
-                record = {}
-            if isinstance(record, dict):
-                facts = [(key, flat(record[key])) for key in RUN_FACTS if key in record]
+        record = record if isinstance(record, dict) else {}
+        facts = [(key, flat(record[key])) for key in RUN_FACTS if key in record]
         md_path = folder / f"{stem}.md"
-        table_html = safe_markdown(md_path.read_text(encoding="utf-8")) if md_path.is_file() else None
+        headline, rest = (split_results(safe_markdown(md_path.read_text(encoding="utf-8")))
+                          if md_path.is_file() else (None, None))
         images = []
         for image in images_by_stem.get(stem, []):
-            images.append(f"pilots/{study}/{image.name}")
+            images.append(f"pilots/{folder_name}/{image.name}")
             assets[images[-1]] = image
-        runs.append(StudyRun(stem, facts, table_html, json_asset, images))
+        commit = str(record.get("git_commit", "")).removesuffix("+dirty")
+        later = commits_since(root, commit, code)
+        stale = (f"{len(later)} later commit{'s' if len(later) != 1 else ''} changed the code this run documents "
+                 f"(results from {commit[:12]}; the latest: {later[0][:90]}); check whether it matters, or re-run "
+                 "the study") if later else None
+        runs.append(StudyRun(stem, facts, glance_of(record), headline, rest, json_asset, images, stale,
+                             str(record.get("device", "")).lower().startswith("cpu")))
     for image in images_by_stem.get("", []):
-        key = f"pilots/{study}/{image.name}"
+        key = f"pilots/{folder_name}/{image.name}"
         assets[key] = image
-        runs.append(StudyRun(image.stem, [], None, None, [key]))
+        runs.append(StudyRun(image.stem, [], [], None, None, None, [key], None, False))
     return runs, assets
 
 
