@@ -4,14 +4,10 @@ Table 7 and Table 8 analogues beside the survey's figures, the targets, and the 
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING
-
 import torch
 
 from pilot_experiments import harness, metrics
-
-if TYPE_CHECKING:
-    from pilot_experiments.studies.hybrid_kv.study import HybridKVConfig, Tally
+from pilot_experiments.studies.hybrid_kv.records import HybridKVConfig, Tally
 
 # Survey (arXiv 2604.05546) Table 7: image tasks SlideVQA, MMCoQA, WebQA, MM-QA (exact match %) and
 # Video-ChatGPT CI, DO, CU, TU, CO (0-5); Table 8: Video-ChatGPT score, KV GB, ms/token.

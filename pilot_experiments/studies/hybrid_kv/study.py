@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,39 +22,14 @@ from pilot_experiments import harness, metrics, synthvis, train
 from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.kvcache import VISUAL, KVCache, LayerCache
 from pilot_experiments.studies.hybrid_kv import report
+from pilot_experiments.studies.hybrid_kv.records import METHODS, Answer, HybridKVConfig, Tally
 from pilot_experiments.studies.hybrid_kv.calibration import visual_head_scores
 from pilot_experiments.studies.hybrid_kv.hybrid import Hybrid, RetrievalLayerCache
 from pilot_experiments.studies.hybrid_kv.observe import Observation, observe
 from pilot_experiments.studies.hybrid_kv.policies import FullCache, LookM, MadaKV, Policy, PolicyError, SparseMM
 
 STUDY = "hybrid-kv"
-METHODS = ("FullCache", "LookM", "MadaKV", "SparseMM", "Hybrid")
 IMAGE_FAMILIES = ("image", "multi")
-
-
-@dataclass(frozen=True)
-class HybridKVConfig:
-    """One run of the study. Episodes come from the test split; SparseMM calibrates on val."""
-
-    preset: str
-    size: str = "target"
-    image_episodes: int = 20  # about 15 questions each
-    multi_episodes: int = 20
-    video_episodes: int = 60
-    calibration_episodes: int = 40
-    budgets: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)
-    methods: tuple[str, ...] = METHODS
-    chunk: int = 16  # a patch row of a 64-px image; mean keys then cost 1/32 of a dynamic head's visual KV
-    dynamic_fraction: float = 0.5
-    latency_frames: int = 24
-    latency_tokens: int = 24
-    latency_repeats: int = 3
-    seed: int = 0
-    split: str = "test"  # evaluation split; SparseMM always calibrates on "val"
-    model: str | None = None  # a local Qwen2.5-VL checkpoint directory instead of the trained reference LVLM
-    device: str = "cpu"
-    dtype: str = "float32"
-    threads: int = 1  # CPU threads: other jobs share this machine's cores, and spinning OpenMP workers then stall
 
 
 PRESETS = {
@@ -124,16 +98,6 @@ def kept_fractions(cache: KVCache, obs: Observation, prompt_length: int) -> tupl
     return kept_visual / visual, (kept_visual + text) / (visual + text)
 
 
-@dataclass
-class Answer:
-    tokens: list[int]
-    step_s: list[float]
-    compress_s: float
-    bytes: dict[str, int]
-    visual_kept: float
-    total_kept: float
-
-
 @torch.no_grad()
 def answer(prompter: Prompter, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int) -> Answer:
     """Compress a copy of the prefilled `cache`, then decode the answer start (`<ans>` for the
@@ -183,30 +147,6 @@ def load_model(cfg: HybridKVConfig) -> tuple[Prompter, train.TrainConfig, dict[s
 def episodes(cfg: HybridKVConfig, tc: train.TrainConfig) -> list[tuple[str, synthvis.Episode]]:
     counts = {"image": cfg.image_episodes, "multi": cfg.multi_episodes, "video": cfg.video_episodes}
     return [(family, train.family_episode(family, cfg.split, tc.seed, i, tc)) for family, n in counts.items() for i in range(n)]
-
-
-@dataclass
-class Tally:
-    """Per (method, budget): scores per task kind and set, and the cost measurements."""
-
-    scores: dict[str, list[float]] = field(default_factory=dict)
-    step_ms: list[float] = field(default_factory=list)
-    compress_ms: list[float] = field(default_factory=list)
-    bytes: dict[str, list[int]] = field(default_factory=dict)
-    visual_kept: list[float] = field(default_factory=list)
-    total_kept: list[float] = field(default_factory=list)
-    outputs: list[list[int]] = field(default_factory=list)  # answer tokens, in item order
-
-    def add(self, family: str, kind: str, value: float, ans: Answer) -> None:
-        self.outputs.append(ans.tokens)
-        for key in (f"kind:{kind}", f"set:{'video' if family == 'video' else 'image'}"):
-            self.scores.setdefault(key, []).append(value)
-        self.step_ms += [s * 1e3 for s in ans.step_s]
-        self.compress_ms.append(ans.compress_s * 1e3)
-        for k, v in ans.bytes.items():
-            self.bytes.setdefault(k, []).append(v)
-        self.visual_kept.append(ans.visual_kept)
-        self.total_kept.append(ans.total_kept)
 
 
 def evaluate(prompter: Prompter, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float], Tally]:
