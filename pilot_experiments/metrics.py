@@ -52,6 +52,63 @@ def agreement(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int
     return mean([float(list(a) == list(b)) for a, b in zip(outputs, reference)])
 
 
+# ----------------------------------------------------------------------------- intervals and verdicts
+
+BOOTSTRAP_SAMPLES = 2000
+CONFIDENCE = 0.95
+MET, MISSED, NOT_RESOLVED = "met", "missed", "not resolved"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A statistic with its paired-bootstrap interval (`low`, `high` at `confidence`)."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = CONFIDENCE
+
+    def as_dict(self) -> dict[str, float]:
+        return {"value": self.value, "low": self.low, "high": self.high, "confidence": self.confidence}
+
+
+def paired_bootstrap(statistic: Callable[..., float], *samples: Sequence[float], resamples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> Interval:
+    """`statistic(*samples)` with a percentile interval from resampling the items, the same items for every
+    sample (they are paired: item i of each sample is the same question answered by different methods)."""
+    count = len(samples[0])
+    if count == 0 or any(len(s) != count for s in samples):
+        raise MetricsError("paired samples must be non-empty and of equal length")
+    data = torch.tensor([list(map(float, s)) for s in samples], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, count, (resamples, count), generator=generator)
+    values = sorted(statistic(*(row[pick].tolist() for row in data)) for pick in picks)
+    tail = (1 - CONFIDENCE) / 2
+    low = values[int(tail * (resamples - 1))]
+    high = values[int((1 - tail) * (resamples - 1))]
+    return Interval(statistic(*samples), low, high)
+
+
+def verdict(interval: Interval, bar: float, *, at_least: bool = True) -> str:
+    """'met' when the whole interval clears `bar`, 'missed' when none of it does, else 'not resolved'."""
+    low, high = (interval.low, interval.high) if at_least else (-interval.high, -interval.low)
+    bar = bar if at_least else -bar
+    if low >= bar:
+        return MET
+    if high < bar:
+        return MISSED
+    return NOT_RESOLVED
+
+
+def ratio_of_means(a: Sequence[float], b: Sequence[float]) -> float:
+    """mean(a) / mean(b): the retention of a method (a) against the full cache (b) over the same items."""
+    return mean(a) / mean(b) if mean(b) > 0 else float("nan")
+
+
+def difference_of_means(a: Sequence[float], b: Sequence[float]) -> float:
+    return mean(a) - mean(b)
+
+
 # ----------------------------------------------------------------------------- memory
 
 

@@ -71,3 +71,26 @@ def test_run_study_writes_json_markdown_and_plot(tmp_path):
     assert (tmp_path / "demo" / "smoke-cpu.png").exists()
     with pytest.raises(harness.HarnessError, match="unknown preset"):
         harness.run_study("demo", "huge", study, {"k": 1}, device="cpu", results_dir=tmp_path)
+
+
+def test_paired_bootstrap_interval_covers_the_statistic_and_pairs_the_items() -> None:
+    from pilot_experiments import metrics as m
+
+    a = [1.0, 0.0] * 150
+    same = m.paired_bootstrap(m.difference_of_means, a, list(a))
+    assert same.low == same.high == same.value == 0.0  # paired resampling: identical samples never differ
+    b = [1.0, 1.0] * 150
+    gap = m.paired_bootstrap(m.difference_of_means, b, a, seed=1)
+    assert gap.low <= gap.value == 0.5 <= gap.high and gap.low > 0.4
+    with pytest.raises(m.MetricsError):
+        m.paired_bootstrap(m.difference_of_means, [1.0], [1.0, 0.0])
+
+
+@pytest.mark.parametrize(("low", "high", "bar", "at_least", "expected"), [
+    (0.96, 0.99, 0.95, True, "met"), (0.90, 0.94, 0.95, True, "missed"), (0.93, 0.97, 0.95, True, "not resolved"),
+    (0.50, 0.70, 0.75, False, "met"), (0.80, 0.90, 0.75, False, "missed"), (0.70, 0.80, 0.75, False, "not resolved"),
+])
+def test_verdicts_are_three_valued(low, high, bar, at_least, expected) -> None:
+    from pilot_experiments import metrics as m
+
+    assert m.verdict(m.Interval((low + high) / 2, low, high), bar, at_least=at_least) == expected

@@ -285,3 +285,5 @@ def test_smoke_study_writes_a_row_per_rule_gamma_and_pruning(tmp_path):
             assert r["same_as_ar"] == 1.0 and r["caption_f1"] == payload["metrics"]["baseline"]["caption_f1"]
     assert (tmp_path / "relaxed-spec" / "smoke-cpu.md").read_text().startswith("<!-- generated")
     assert "Tables 9–10 side by side" in payload["notes"]
+    assert all(t["met"] is None for t in payload["metrics"]["targets"].values())  # a smoke run judges nothing
+    assert "no verdict (smoke run)" in payload["notes"] and "MISSED" not in payload["notes"]

@@ -98,7 +98,7 @@ def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.
         rows.append(row)
         table[f"{method}@{budget}"] = {**s, "retention": row["retention"], "kv_reduction": row["KV reduction x"],
                                        "latency": {"masked": lat_m, "compacted": lat_c}}
-    targets = _targets(summary, timings, cfg)
+    targets = _targets(summary, tallies, timings, cfg)
     metrics = {
         "model": prompter.label, "params": prompter.params, "context_latency": full_lat["compacted"]["context"],
         "sparsemm_head_scores": head_scores, "results": table, "targets": targets, "model_quality": quality,
@@ -107,27 +107,61 @@ def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.
     return harness.StudyRecord(metrics, rows, _plot(summary, timings), notes)
 
 
-def _targets(summary: dict, timings: dict, cfg: HybridKVConfig) -> dict:
-    full = summary[("FullCache", 1.0)]
+NO_VERDICT_SMOKE = "no verdict (smoke run)"
+NOT_JUDGED_CPU = "not judged (CPU run)"
+
+
+def _items(tally: Tally) -> tuple[list[float], list[float]]:
+    """Per-item scores, image set then video set, and each item's set (0 image, 1 video), in item order."""
+    image, video = tally.scores.get("set:image", []), tally.scores.get("set:video", [])
+    return image + video, [0.0] * len(image) + [1.0] * len(video)
+
+
+def _balanced(values, sets) -> float:
+    """The accuracy the study reports: the mean of the image set's and the video set's accuracies."""
+    groups = [[v for v, s in zip(values, sets, strict=True) if s == k] for k in (0.0, 1.0)]
+    means = [sum(g) / len(g) for g in groups if g]
+    return sum(means) / len(means) if means else float("nan")
+
+
+def _paired(tally: Tally, other: Tally, statistic) -> metrics.Interval:
+    """Paired bootstrap over the items both runs answered (the same questions, in the same order)."""
+    values, sets = _items(tally)
+    reference, _ = _items(other)
+    return metrics.paired_bootstrap(lambda a, b, s: statistic(_balanced(a, s), _balanced(b, s)),
+                                    values, reference, sets)
+
+
+def _targets(summary: dict, tallies: dict, timings: dict, cfg: HybridKVConfig) -> dict:
+    """Each target with its measured value, its 95 % paired-bootstrap interval where items vary, and a verdict:
+    met / missed / not resolved (the interval straddles the bar). A smoke run gives no verdicts."""
+    full = tallies[("FullCache", 1.0)]
+    smoke = cfg.preset == "smoke"
+
+    def judged(interval: metrics.Interval, bar: float, at_least: bool = True) -> str:
+        return NO_VERDICT_SMOKE if smoke else metrics.verdict(interval, bar, at_least=at_least)
+
     out = {}
     for budget, bar in ((0.2, 0.98), (0.1, 0.95)):
-        s = summary.get(("Hybrid", budget))
-        if s is None:
-            continue
-        ret = _ratio(s["accuracy"], full["accuracy"])
-        out[f"retention@{budget:.0%}"] = {"target": f">= {bar:.0%}", "measured": ret, "met": ret >= bar}
+        if ("Hybrid", budget) in tallies:
+            ci = _paired(tallies[("Hybrid", budget)], full, _ratio)
+            out[f"retention@{budget:.0%}"] = {"target": f">= {bar:.0%}", "measured": ci.value,
+                                              "interval": ci.as_dict(), "verdict": judged(ci, bar)}
     s = summary.get(("Hybrid", 0.2))
     if s is not None:
-        red = _ratio(full["resident_bytes"], s["resident_bytes"])
-        out["kv_reduction@20%"] = {"target": ">= 4x", "measured": red, "met": red >= 4}
+        red = _ratio(summary[("FullCache", 1.0)]["resident_bytes"], s["resident_bytes"])
+        exact = metrics.Interval(red, red, red)  # bytes do not vary between items' resamples
+        out["kv_reduction@20%"] = {"target": ">= 4x", "measured": red, "interval": None, "verdict": judged(exact, 4)}
         for base in BASELINES:
-            b = summary.get((base, 0.2))
-            if b is not None:
-                out[f"beats_{base}@20%"] = {"target": "higher accuracy", "measured": s["accuracy"] - b["accuracy"], "met": s["accuracy"] > b["accuracy"]}
+            if (base, 0.2) in tallies:
+                ci = _paired(tallies[("Hybrid", 0.2)], tallies[(base, 0.2)], lambda a, b: a - b)
+                out[f"beats_{base}@20%"] = {"target": "higher accuracy (difference > 0)", "measured": ci.value,
+                                            "interval": ci.as_dict(), "verdict": judged(ci, 1e-12)}
         ratio = timings[("Hybrid", 0.2, "compacted")]["tpot_ms"] / timings[("FullCache", 1.0, "compacted")]["tpot_ms"]
         gpu = cfg.device.startswith("cuda")
-        out["tpot_ratio@20%"] = {"target": "<= 0.75 on GPU", "measured": ratio, "met": (ratio <= 0.75) if gpu else None,
-                                 "note": "" if gpu else "measured on CPU; the target applies to a GPU run"}
+        timed = metrics.Interval(ratio, ratio, ratio)
+        out["tpot_ratio@20%"] = {"target": "<= 0.75 on GPU", "measured": ratio, "interval": None,
+                                 "verdict": judged(timed, 0.75, at_least=False) if gpu else NOT_JUDGED_CPU}
     return out
 
 
@@ -185,13 +219,18 @@ def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, pro
         "",
         "## Targets (issue 5)",
         "",
-        "| target | goal | measured | met |",
-        "|---|---|---|---|",
+        "Each verdict is met only when the whole 95 % interval (paired bootstrap over the items, 2,000 resamples) "
+        "clears the bar, missed when none of it does, and not resolved otherwise.",
+        "",
+        "| target | goal | measured | 95 % interval | verdict |",
+        "|---|---|---|---|---|",
     ]
     for name, t in targets.items():
-        met = "n/a (CPU)" if t["met"] is None else ("yes" if t["met"] else "**no**")
         pct = name.startswith("retention")
-        lines.append(f"| {name} | {t['target']} | {_fmt(t['measured'], pct)} | {met} |")
+        ci = t["interval"]
+        span = f"{_fmt(ci['low'], pct)} – {_fmt(ci['high'], pct)}" if ci else "–"
+        verdict = t["verdict"] if t["verdict"] != metrics.MISSED else f"**{t['verdict']}**"
+        lines.append(f"| {name} | {t['target']} | {_fmt(t['measured'], pct)} | {span} | {verdict} |")
     lines += ["", _table7(summary, 0.2), "", _table7(summary, 0.1), "", _table8(summary, timings), "", PAPER_VS_OURS, "",
               "## Every method x budget", ""]
     return "\n".join(lines)
