@@ -37,6 +37,10 @@ def test_compressed_methods_keep_their_budget_and_less_memory(smoke_results):
         assert row["total kept"] > row["visual kept"]  # text is always kept
         assert row["KV resident KiB"] < full["KV resident KiB"] and row["KV logical KiB"] < full["KV logical KiB"]
         assert row["long-ctx resident KiB compacted"] < row["long-ctx resident KiB masked"]
+        # The total footprint counts what is offloaded too, so it shrinks less than what stays resident.
+        assert row["KV total KiB"] >= row["KV resident KiB"] and row["total reduction x"] <= row["KV reduction x"]
+    hybrid = next(r for r in payload["rows"] if r["method"] == "Hybrid")
+    assert hybrid["offloaded KiB"] > 0 and hybrid["total reduction x"] < hybrid["KV reduction x"]
     targets = payload["metrics"]["targets"]
     assert targets["tpot_ratio@20%"]["verdict"] == "not judged (CPU run)"  # a CPU run cannot judge the GPU target
     assert {t["verdict"] for name, t in targets.items() if name != "tpot_ratio@20%"} == {"no verdict (smoke run)"}

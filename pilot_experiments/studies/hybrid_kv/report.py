@@ -88,6 +88,9 @@ def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.
             "KV resident KiB": s["resident_bytes"] / 1024, "KV logical KiB": s["logical_bytes"] / 1024,
             "offloaded KiB": s["offloaded_bytes"] / 1024,
             "KV reduction x": _ratio(full["resident_bytes"], s["resident_bytes"]),
+            "KV total KiB": (s["resident_bytes"] + s["offloaded_bytes"]) / 1024,
+            "total reduction x": _ratio(full["resident_bytes"] + full["offloaded_bytes"],
+                                        s["resident_bytes"] + s["offloaded_bytes"]),
             "long-ctx resident KiB masked": lat_m["prompt_resident_bytes"] / 1024,
             "long-ctx resident KiB compacted": lat_c["prompt_resident_bytes"] / 1024,
             "TPOT ms masked": lat_m["tpot_ms"], "TPOT ms compacted": lat_c["tpot_ms"],
@@ -97,6 +100,7 @@ def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.
         }
         rows.append(row)
         table[f"{method}@{budget}"] = {**s, "retention": row["retention"], "kv_reduction": row["KV reduction x"],
+                                       "total_reduction": row["total reduction x"],
                                        "latency": {"masked": lat_m, "compacted": lat_c}}
     targets = _targets(summary, tallies, timings, cfg)
     metrics = {
@@ -149,9 +153,14 @@ def _targets(summary: dict, tallies: dict, timings: dict, cfg: HybridKVConfig) -
                                               "interval": ci.as_dict(), "verdict": judged(ci, bar)}
     s = summary.get(("Hybrid", 0.2))
     if s is not None:
-        red = _ratio(summary[("FullCache", 1.0)]["resident_bytes"], s["resident_bytes"])
+        full_bytes = summary[("FullCache", 1.0)]
+        # Judged on the total footprint: what stays resident plus what Hybrid offloads and copies back on demand.
+        red = _ratio(full_bytes["resident_bytes"] + full_bytes["offloaded_bytes"],
+                     s["resident_bytes"] + s["offloaded_bytes"])
         exact = metrics.Interval(red, red, red)  # bytes do not vary between items' resamples
-        out["kv_reduction@20%"] = {"target": ">= 4x", "measured": red, "interval": None, "verdict": judged(exact, 4)}
+        out["kv_reduction@20%"] = {"target": ">= 4x, resident + offloaded", "measured": red, "interval": None,
+                                   "verdict": judged(exact, 4),
+                                   "resident_only": _ratio(full_bytes["resident_bytes"], s["resident_bytes"])}
         for base in BASELINES:
             if (base, 0.2) in tallies:
                 ci = _paired(tallies[("Hybrid", 0.2)], tallies[(base, 0.2)], lambda a, b: a - b)
