@@ -41,6 +41,8 @@ def test_compressed_methods_keep_their_budget_and_less_memory(smoke_results):
         assert row["KV total KiB"] >= row["KV resident KiB"] and row["total reduction x"] <= row["KV reduction x"]
     hybrid = next(r for r in payload["rows"] if r["method"] == "Hybrid")
     assert hybrid["offloaded KiB"] > 0 and hybrid["total reduction x"] < hybrid["KV reduction x"]
+    timing = payload["metrics"]["results"]["Hybrid@0.2"]["latency"]["compacted"]
+    assert timing["rounds"] == 1 and timing["tpot_iqr_ms"][0] <= timing["tpot_ms"] <= timing["tpot_iqr_ms"][1]
     targets = payload["metrics"]["targets"]
     assert targets["tpot_ratio@20%"]["verdict"] == "not judged (CPU run)"  # a CPU run cannot judge the GPU target
     assert {t["verdict"] for name, t in targets.items() if name != "tpot_ratio@20%"} == {"no verdict (smoke run)"}

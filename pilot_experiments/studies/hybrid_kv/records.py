@@ -27,7 +27,7 @@ class HybridKVConfig:
     dynamic_fraction: float = 0.5
     latency_frames: int = 24
     latency_tokens: int = 24
-    latency_repeats: int = 3
+    latency_repeats: int = 5  # timed rounds, after one warm-up round, methods interleaved
     seed: int = 0
     split: str = "test"  # evaluation split; SparseMM always calibrates on "val"
     model: str | None = None  # a local Qwen2.5-VL checkpoint directory instead of the trained reference LVLM

@@ -211,7 +211,8 @@ def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, pro
         + f" (image set = single- and two-image episodes, video set = short videos of the `{cfg.preset}` preset's world). SparseMM calibrated on "
         f"{cfg.calibration_episodes} val images. Budget = fraction of visual KV entries a decode step attends; text is always kept. "
         f"Latency: one video prompt of {timings[('FullCache', 1.0, 'compacted')]['context']} tokens, {cfg.latency_tokens} "
-        f"forced decode steps x {cfg.latency_repeats} repeats, median per token. Command: "
+        f"forced decode steps; one warm-up round, then {cfg.latency_repeats} timed rounds with the methods in an order "
+        "rotated each round; medians over the rounds (interquartile ranges in the JSON). Command: "
         f"`python -m pilot_experiments hybrid-kv --preset {cfg.preset}" + (f" --model {cfg.model}" if cfg.model else "") + "`.",
         "",
         f"Protocol: the prompt {layout} is prefilled with the full cache; every policy scores with the "

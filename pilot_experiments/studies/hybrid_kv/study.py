@@ -13,6 +13,7 @@ both are measured for memory and latency.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 from pathlib import Path
 
@@ -173,35 +174,62 @@ def evaluate(prompter: Prompter, cfg: HybridKVConfig, tc: train.TrainConfig, hea
 @torch.no_grad()
 def latency(prompter: Prompter, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float, str], dict]:
     """TTFT (prefill + scoring + compression) and median time per output token on one long video
-    prompt where visual entries dominate, for every method x budget, masked and compacted."""
+    prompt where visual entries dominate, for every method x budget, masked and compacted.
+
+    One warm-up round runs every configuration; then `latency_repeats` timed rounds run every configuration
+    once each, in an order rotated by one place per round, so no method always runs first or right after a
+    particular other one. Each figure is the median over the rounds, with its interquartile range."""
     ep = synthvis.video_episode("test", tc.seed, 0, n_frames=cfg.latency_frames, frame_px=tc.frame_px, stride=1, max_objects=2)
     inputs = prompter.prompt(ep, ep.qas[0].question)
     device = prompter.backend.device
-    out = {}
-    configs = run_configs(cfg)
+    keys = [(method, budget, mode) for method, budget in run_configs(cfg) for mode in ("masked", "compacted")]
+    policies = {key: make_policy(key[0], key[1], cfg, head_scores) for key in keys}
+    sizes: dict[tuple, dict] = {key: {} for key in keys}
+    samples: dict[tuple, dict[str, list]] = {key: {"ttft": [], "tpot": [], "peak": [], "delta": []} for key in keys}
+    exact = True
     with harness.progress() as bar, prompter.backend.query_tap() as tap:
-        task = bar.add_task(f"{STUDY}: latency at {inputs.length} tokens", total=2 * len(configs))
-        for method, budget in configs:
-            for mode in ("masked", "compacted"):
-                policy = make_policy(method, budget, cfg, head_scores)
-                sizes: dict = {}
+        task = bar.add_task(f"{STUDY}: latency at {inputs.length} tokens", total=len(keys) * (1 + cfg.latency_repeats))
+        for round_ in range(1 + cfg.latency_repeats):  # round 0 is the warm-up
+            shift = round_ % len(keys)
+            for key in keys[shift:] + keys[:shift]:
+                method, budget, mode = key
 
-                def after_prefill(cache: KVCache) -> None:
-                    policy.compress(cache, observe(tap, cache))
+                def after_prefill(cache: KVCache, key=key, mode=mode) -> None:
+                    policies[key].compress(cache, observe(tap, cache))
                     if mode == "compacted":
                         cache.compact(reserve=cfg.latency_tokens + 1)
-                    sizes.update(metrics.kv_bytes(cache), prompt_resident=prompt_resident_bytes(cache))
+                    sizes[key].update(metrics.kv_bytes(cache), prompt_resident=prompt_resident_bytes(cache))
 
                 with metrics.PeakMemory(device) as peak:
-                    timing = metrics.time_generation(prompter.backend, inputs, cfg.latency_tokens, repeats=cfg.latency_repeats, after_prefill=after_prefill)
-                out[(method, budget, mode)] = {
-                    "context": inputs.length, "ttft_ms": timing.ttft_s * 1e3, "tpot_ms": timing.tpot_s * 1e3,
-                    "peak_bytes": peak.peak_bytes, "peak_delta_bytes": peak.delta_bytes, "peak_exact": peak.exact,
-                    "resident_bytes": sizes["resident"], "prompt_resident_bytes": sizes["prompt_resident"],
-                    "logical_bytes": sizes["logical"], "offloaded_bytes": sizes["offloaded"],
-                }
+                    timing = metrics.time_generation(prompter.backend, inputs, cfg.latency_tokens, warmup=0, repeats=1,
+                                                     after_prefill=after_prefill)
+                if round_:
+                    got = samples[key]
+                    got["ttft"].append(timing.ttft_s * 1e3)
+                    got["tpot"].append(timing.tpot_s * 1e3)
+                    got["peak"].append(peak.peak_bytes)
+                    got["delta"].append(peak.delta_bytes)
+                    exact = exact and peak.exact
                 bar.update(task, advance=1)
+    out = {}
+    for key in keys:
+        got, size = samples[key], sizes[key]
+        out[key] = {
+            "context": inputs.length, "ttft_ms": statistics.median(got["ttft"]), "tpot_ms": statistics.median(got["tpot"]),
+            "ttft_iqr_ms": _iqr(got["ttft"]), "tpot_iqr_ms": _iqr(got["tpot"]), "rounds": len(got["tpot"]),
+            "peak_bytes": max(got["peak"]), "peak_delta_bytes": max(got["delta"]), "peak_exact": exact,
+            "resident_bytes": size["resident"], "prompt_resident_bytes": size["prompt_resident"],
+            "logical_bytes": size["logical"], "offloaded_bytes": size["offloaded"],
+        }
     return out
+
+
+def _iqr(values: list[float]) -> list[float]:
+    """First and third quartiles (equal to the value itself for one sample)."""
+    if len(values) < 2:
+        return [values[0], values[0]] if values else [float("nan"), float("nan")]
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return [q1, q3]
 
 
 def run(cfg: HybridKVConfig) -> harness.StudyRecord:
