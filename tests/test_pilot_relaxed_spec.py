@@ -286,4 +286,10 @@ def test_smoke_study_writes_a_row_per_rule_gamma_and_pruning(tmp_path):
     assert (tmp_path / "relaxed-spec" / "smoke-cpu.md").read_text().startswith("<!-- generated")
     assert "Tables 9–10 side by side" in payload["notes"]
     assert all(t["met"] is None for t in payload["metrics"]["targets"].values())  # a smoke run judges nothing
+    sampled_f1 = payload["metrics"]["baseline"]["sampled_caption_f1"]
+    for r in rows:  # lossless speculative sampling is judged against the target sampled at the same temperature
+        reference = sampled_f1 if r["rule"] == "lossless" else payload["metrics"]["baseline"]["caption_f1"]
+        assert r["reference"] == ("target sampled at T=1" if r["rule"] == "lossless" else "greedy target")
+        if reference > 0:
+            assert r["retention_pct"] == pytest.approx(100 * r["caption_f1"] / reference)
     assert "no verdict (smoke run)" in payload["notes"] and "MISSED" not in payload["notes"]
