@@ -500,8 +500,26 @@ class TrainResult:
     params: dict[str, int]
 
 
+TRAIN_THREADS = 2  # CPU training always runs on this many threads: float reductions, hence the weights, depend on it
+
+
 def train(size: str, tc: TrainConfig, device: str = "cpu", *, show_progress: bool = True) -> TrainResult:
-    """Train `size` from scratch with `tc`; deterministic for a given seed and machine."""
+    """Train `size` from scratch with `tc`; deterministic for a given seed and machine.
+
+    On a CPU the training runs on TRAIN_THREADS threads whatever the caller set (a study that runs on one thread
+    and finds no cached checkpoint trains the same weights as `python -m pilot_experiments train`), and the
+    caller's thread count is restored afterwards."""
+    if torch.device(device).type != "cpu":
+        return _train(size, tc, device, show_progress=show_progress)
+    caller = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        return _train(size, tc, device, show_progress=show_progress)
+    finally:
+        torch.set_num_threads(caller)
+
+
+def _train(size: str, tc: TrainConfig, device: str, *, show_progress: bool) -> TrainResult:
     tok = synthvis.Tokenizer()
     cfg = model_config(size)
     torch.manual_seed(tc.seed)

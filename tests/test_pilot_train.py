@@ -293,3 +293,17 @@ def test_model_special_ids_match_the_tokenizer():
 
     tok = synthvis.Tokenizer()
     assert SPECIAL_IDS == {"pad": tok.pad_id, "bos": tok.bos_id, "eos": tok.eos_id, "ans": tok.ans_id, "img": tok.img_id}
+
+
+def test_cpu_training_runs_on_the_pinned_thread_count_and_restores_the_callers(monkeypatch) -> None:
+    from pilot_experiments import train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "_train", lambda *args, **kwargs: seen.append(torch.get_num_threads()) or "done")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_module.train("draft", train_module.train_config("smoke")) == "done"
+        assert seen == [train_module.TRAIN_THREADS] and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
