@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from tools.arxiv_feed import Candidate, query_arxiv, read_feeds
 from tools.checks import NEAR_DUPLICATE_SCORE, normalise_title
@@ -64,18 +64,15 @@ class Ranked:
         }
 
 
-def find_duplicate(candidate: Candidate, repository: Repository, titles: dict[str, str]) -> str | None:
+def find_duplicate(candidate: Candidate, by_arxiv: dict[str, str], titles: dict[str, str]) -> str | None:
     """The id of the paper this candidate already is: same arXiv id, or a title within a few edits."""
-    for paper in repository.papers:
-        if paper.arxiv == candidate.arxiv:
-            return paper.id
+    if candidate.arxiv in by_arxiv:
+        return by_arxiv[candidate.arxiv]
     title = normalise_title(candidate.title)
     if title in titles:
         return titles[title]
-    for other, paper_id in titles.items():
-        if fuzz.ratio(title, other, score_cutoff=NEAR_DUPLICATE_SCORE):
-            return paper_id
-    return None
+    close = process.extractOne(title, titles.keys(), scorer=fuzz.ratio, score_cutoff=NEAR_DUPLICATE_SCORE)
+    return titles[close[0]] if close else None
 
 
 def rank(candidates: list[Candidate], repository: Repository) -> list[Ranked]:
@@ -86,8 +83,9 @@ def rank(candidates: list[Candidate], repository: Repository) -> list[Ranked]:
     scores = relevance.score(texts)
     placements = suggester.suggest(texts)
     titles = {normalise_title(p.title): p.id for p in repository.papers}
+    by_arxiv = {p.arxiv: p.id for p in repository.papers if p.arxiv}
     reasons = {e.arxiv: e.reason for e in repository.declined.declined}
-    ranked = [Ranked(c, s, n, find_duplicate(c, repository, titles), reasons.get(c.arxiv))
+    ranked = [Ranked(c, s, n, find_duplicate(c, by_arxiv, titles), reasons.get(c.arxiv))
               for c, s, n in zip(candidates, scores, placements, strict=True)]
     return sorted(ranked, key=lambda r: (-r.score, -r.candidate.published.toordinal(), r.candidate.arxiv))
 
