@@ -6,7 +6,7 @@ optional plot). `run_study` times it and writes, for `pilot_experiments/results/
 - `<preset>-<device>.json`: study, preset, device name, torch version, git commit, seed, wall time,
   config and metrics (plus the table rows);
 - `<preset>-<device>.md`: the same as a markdown table;
-- `<preset>-<device>.png`: the study's plot, when it has one.
+- `<preset>-<device>.svg`: the study's plot, when it has one (see `plot_style`: the site derives its dark variant).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from pilot_experiments import plot_style
 
 PRESETS = ("smoke", "cpu", "gpu")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -189,12 +191,14 @@ def write_results(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig = plt.figure(figsize=(10, 4))
-        record.plot(fig)
-        fig.suptitle(f"{study} ({preset}, {payload['device']})", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(out_dir / f"{stem}.png", dpi=120)
-        plt.close(fig)
+        with plt.rc_context(plot_style.rc()):
+            fig = plt.figure(figsize=(10, 4))
+            record.plot(fig)
+            fig.suptitle(f"{study} ({preset}, {payload['device']})", fontsize=9)
+            fig.tight_layout()
+            plot_style.save_svg(fig, out_dir / f"{stem}.svg")
+            plt.close(fig)
+        (out_dir / f"{stem}.png").unlink(missing_ok=True)  # the plot of an earlier run, before plots were SVG
     return path
 
 

@@ -650,11 +650,7 @@ def run_cli(args: argparse.Namespace) -> int:
     config = {"model": args.model, "gpus": args.gpus, "measure": settings.__dict__, "threads": torch.get_num_threads()}
     results_dir = Path(args.results_dir) if args.results_dir else harness.RESULTS_DIR
     path = harness.run_study("roofline", args.preset, study, config, device=device, results_dir=results_dir)
-    figure = plt.figure(figsize=(12, 5))
-    plot(figure)
-    figure.tight_layout()
-    figure.savefig(path.with_suffix(".svg"))
-    plt.close(figure)
+
     for row in survey_comparison():
         print(f"{row['figure']:>45}: survey {row['survey']:8.1f}  ours {row['ours']:8.1f}  ({row['assumption']})")
     for m in outcome["measured"]:

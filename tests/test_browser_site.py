@@ -225,13 +225,14 @@ def test_search_finds_a_paper_by_its_arxiv_id(tab):
     result.wait_for(timeout=15000)
 
 
-def test_search_finds_fastv(tab):
+def test_search_ranks_the_paper_named_fastv_first(tab):
     tab.open("")
     tab.page.focus(".md-search__input")
     tab.page.keyboard.type("FastV", delay=30)  # the theme's search listens to key events
-    result = tab.page.locator(".md-search-result__item a[href*='papers/fastv-2024/']").first
-    result.wait_for(timeout=15000)
-    result.click()
+    tab.page.locator(".md-search-result__item > a[href*='h=fastv']").first.wait_for(timeout=15000)  # whole query
+    first = tab.page.locator(".md-search-result__item > a").first
+    assert "papers/fastv-2024/" in first.get_attribute("href"), "FastViT or FastVID ranked above FastV"
+    first.click()
     tab.page.wait_for_url("**/papers/fastv-2024/**")
     assert "An Image Is Worth 1/2 Tokens" in tab.page.text_content("h1")
 
@@ -283,6 +284,15 @@ def test_explore_shows_each_placement_with_its_parent(site, tab):
     tab.explore_ready()
     cells = tab.page.locator("#lvlm-rows tr td:nth-child(4)").all_text_contents()
     assert cells and all(cell.startswith("Prefilling-side token compression › ") for cell in cells)
+
+
+def test_explore_rows_unfold_their_summary(site, tab):
+    tab.open("explore/?text=An+Image+Is+Worth+1%2F2+Tokens")
+    tab.explore_ready()
+    summary = tab.page.locator("#lvlm-rows .lvlm-explore__summary").first
+    assert not summary.evaluate("node => node.open")
+    summary.locator("summary").click()
+    assert site.paper("fastv-2024").summary in summary.text_content()
 
 
 def test_instant_navigation_to_explore_fills_the_table(site, tab):

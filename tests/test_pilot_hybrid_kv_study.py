@@ -56,7 +56,7 @@ def test_results_page_has_the_survey_comparisons(smoke_results):
     assert page.startswith("<!-- generated")
     for heading in ("## Targets", "## Table 7 analogue at 20%", "## Table 8 analogue", "arXiv 2604.05887"):
         assert heading in page
-    assert path.with_suffix(".png").stat().st_size > 0
+    assert path.with_suffix(".svg").stat().st_size > 0
 
 
 def test_cli_registers_the_study(capsys):

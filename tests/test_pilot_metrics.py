@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from pilot_experiments import harness, metrics
+from pilot_experiments import harness, metrics, plot_style
 from pilot_experiments.model import LVLM
 from tests.test_pilot_model import TINY, prompt_parts
 
@@ -58,6 +58,26 @@ def test_retention_and_agreement():
         metrics.retention(0.5, 0.0)
 
 
+def test_a_study_plot_is_svg_in_the_light_ink_and_its_dark_variant_swaps_the_ink(tmp_path):
+    def study(config):
+        def plot(figure):
+            axes = figure.subplots()
+            axes.plot([0, 1], [1, 0], label="a")
+            axes.set_xlabel("budget")
+            axes.grid(True)
+            axes.legend()
+        return harness.StudyRecord({}, [{"method": "a"}], plot)
+
+    path = harness.run_study("demo", "smoke", study, {}, device="cpu", results_dir=tmp_path)
+    svg = path.with_suffix(".svg").read_text()
+    assert "budget</text>" in svg, "labels are kept as text, not paths"
+    assert plot_style.LIGHT["text"] in svg and plot_style.LIGHT["grid"] in svg
+    assert "#ffffff" not in svg.lower(), "the background is transparent"
+    dark = plot_style.dark_variant(svg)
+    assert plot_style.DARK["text"] in dark and plot_style.DARK["grid"] in dark
+    assert plot_style.LIGHT["text"] not in dark and plot_style.LIGHT["grid"] not in dark
+
+
 def test_run_study_writes_json_markdown_and_plot(tmp_path):
     def study(config):
         return harness.StudyRecord({"accuracy": 0.5 * config["k"]}, [{"method": "a", "acc": 0.5}], lambda fig: fig.subplots().plot([0, 1], [1, 0]))
@@ -68,7 +88,7 @@ def test_run_study_writes_json_markdown_and_plot(tmp_path):
     assert data["metrics"] == {"accuracy": 1.0} and data["seed"] == 3 and data["config"] == {"k": 2}
     assert {"study", "preset", "device", "torch", "git_commit", "wall_s"} <= data.keys()
     assert "| method | acc |" in (tmp_path / "demo" / "smoke-cpu.md").read_text()
-    assert (tmp_path / "demo" / "smoke-cpu.png").exists()
+    assert (tmp_path / "demo" / "smoke-cpu.svg").exists()
     with pytest.raises(harness.HarnessError, match="unknown preset"):
         harness.run_study("demo", "huge", study, {"k": 1}, device="cpu", results_dir=tmp_path)
 

@@ -82,9 +82,9 @@ def test_serving_command_writes_table_4_as_numbers(tmp_path):
     target = metrics["long_video_target"]
     assert target["ratio_goodput_split"] == pytest.approx(
         target["monolithic_p99_ttft_s"] / target["stage_based_goodput_split_p99_ttft_s"])
-    for suffix in (".md", ".png"):
+    for suffix in (".md", ".svg"):
         assert result.with_suffix(suffix).exists()
-    assert result.with_name(result.stem + "-ttft-vs-rate.png").exists()
+    assert result.with_name(result.stem + "-ttft-vs-rate.svg").exists()
 
 
 def test_an_unknown_encoder_is_refused_before_any_worker_starts():

@@ -250,7 +250,7 @@ def test_smoke_study_writes_results(model, tmp_path):
     assert set(policies) == {"full", "window", "sinks+window", "frame-budget", "infinipot", "hierarchical"}
     assert policies["full"]["out_of_budget_at"] is not None  # the smoke budget is below 50 full frames
     assert policies["hierarchical"]["resident_mib_final"] < policies["full"]["resident_mib_peak"]
-    assert (tmp_path / "streaming" / "smoke-cpu.png").exists() and "KV MiB" in (tmp_path / "streaming" / "smoke-cpu.md").read_text()
+    assert (tmp_path / "streaming" / "smoke-cpu.svg").exists() and "KV MiB" in (tmp_path / "streaming" / "smoke-cpu.md").read_text()
     page = (tmp_path / "streaming" / "smoke-cpu.md").read_text()
     assert "No verdicts: a smoke run" in page and "MET:" not in page and "MISSED:" not in page
 

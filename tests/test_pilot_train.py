@@ -284,7 +284,7 @@ def test_train_cli_writes_results_from_the_cached_model(smoke, tmp_path):
     assert data["study"] == "train-draft" and data["preset"] == "smoke" and data["seed"] == 0
     assert data["metrics"]["params"]["total"] == smoke.params["total"]
     assert data["torch"] == torch.__version__ and "CPU" in data["device"]
-    assert (tmp_path / "train-draft" / "smoke-cpu.png").stat().st_size > 1000
+    assert (tmp_path / "train-draft" / "smoke-cpu.svg").stat().st_size > 1000
     assert (tmp_path / "train-draft" / "smoke-cpu.md").read_text().startswith("<!-- generated")
 
 

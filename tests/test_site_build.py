@@ -188,6 +188,7 @@ def test_explore_data_rows_match_the_repository(site):
         assert [data["nodes"][i][0] for i in row["nodes"]] == paper.taxonomy
         assert row["code"] == (1 if paper.code else 0)
         assert row["key"] == bibtex.citation_key(paper)
+        assert row["summary"] == paper.summary
 
 
 def test_every_node_has_a_page_listing_its_subtree(site):
@@ -369,6 +370,17 @@ def test_copy_of_the_repository_builds_strictly_and_serve_rebuilds_on_a_yaml_edi
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_a_pilot_svg_plot_follows_the_colour_scheme(site):
+    from pilot_experiments import plot_style
+
+    serving = site.html("pilots/serving/")
+    assert 'src="smoke-cpu.svg#only-light"' in serving
+    assert 'src="smoke-cpu-dark.svg#only-dark"' in serving
+    dark = (site.site_dir / "pilots" / "serving" / "smoke-cpu-dark.svg").read_text(encoding="utf-8")
+    assert plot_style.DARK["text"] in dark and plot_style.DARK["grid"] in dark
+    assert plot_style.LIGHT["text"] not in dark and "#1f77b4" in dark  # ink swapped, data colours kept
 
 
 def test_pilot_page_opens_with_a_glance_and_scrolls_wide_tables(site):

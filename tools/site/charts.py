@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pilot_experiments import plot_style
 from tools.models import Paper
 from tools.repository import Repository
 from tools.site.papers import node_label
@@ -26,9 +27,9 @@ STAGE_COLOURS = {
 FALLBACK_COLOUR = "#999999"
 
 
-THEMES = {
-    "light": {"text": "#1f2328", "grid": "#d0d7de", "empty": "#f3f4f6"},
-    "dark": {"text": "#e6edf3", "grid": "#3d444d", "empty": "#22272e"},
+THEMES = {  # the studies' plot ink (pilot_experiments.plot_style), plus the colour of an empty heat-map cell
+    "light": {**plot_style.LIGHT, "empty": "#f3f4f6"},
+    "dark": {**plot_style.DARK, "empty": "#22272e"},
 }
 
 
@@ -41,24 +42,12 @@ def svg_pair(draw: Callable[[Any, dict[str, str]], None], size: tuple[float, flo
 
     rendered = {}
     for name, theme in THEMES.items():
-        style = {
-            "svg.fonttype": "none",
-            "font.family": "sans-serif",
-            "font.size": 9,
-            "text.color": theme["text"],
-            "axes.labelcolor": theme["text"],
-            "axes.edgecolor": theme["grid"],
-            "xtick.color": theme["text"],
-            "ytick.color": theme["text"],
-            "grid.color": theme["grid"],
-            "svg.hashsalt": "efficient-lvlm",
-        }
-        with plt.rc_context(style):
+        with plt.rc_context(plot_style.rc(theme)):
             figure, axes = plt.subplots(figsize=size)
             draw(axes, theme)
             figure.tight_layout()
             buffer = io.StringIO()
-            figure.savefig(buffer, format="svg", transparent=True, metadata={"Date": None, "Creator": None})
+            plot_style.save_svg(figure, buffer)
             plt.close(figure)
         rendered[name] = buffer.getvalue()
     return rendered

@@ -10,7 +10,7 @@ from tools.site.papers import authors_text, placement_label
 
 
 def explore_data(repo: Repository) -> dict[str, Any]:
-    """The explore page's rows as compact arrays (placements as indexes into `nodes`), without summaries."""
+    """The explore page's rows as compact arrays (placements as indexes into `nodes`), each with its summary."""
     node_paths = list(repo.nodes)
     node_index = {path: index for index, path in enumerate(node_paths)}
     facets = list(repo.taxonomy.facets)
@@ -27,9 +27,10 @@ def explore_data(repo: Repository) -> dict[str, Any]:
             [paper.attributes.get(facet, "") for facet in facets],
             1 if paper.code else 0,
             bibtex.citation_key(paper),
+            paper.summary,
         ])
     return {
-        "columns": ["id", "name", "title", "authors", "year", "venue", "nodes", "facets", "code", "key"],
+        "columns": ["id", "name", "title", "authors", "year", "venue", "nodes", "facets", "code", "key", "summary"],
         "nodes": [[path, placement_label(repo, path)] for path in node_paths],
         "facets": facets,
         "rows": rows,

@@ -59,6 +59,14 @@ class Site:
     asset_files: dict[str, Path] = field(default_factory=dict)
     studies: list[str] = field(default_factory=list)
 
+    def publish(self, assets: dict[str, Path | str]) -> None:
+        """Add files to copy (a Path) and generated text to the site's output."""
+        for name, content in assets.items():
+            if isinstance(content, Path):
+                self.asset_files[name] = content
+            else:
+                self.assets[name] = content
+
 
 @dataclass(frozen=True)
 class SiteConfig:
@@ -174,7 +182,7 @@ def plan(site: Site, config: SiteConfig) -> None:
         groups = []
         for folder, label in study.folders:
             runs, assets = study_runs(site.data_root, folder, study.code)
-            site.asset_files.update(assets)
+            site.publish(assets)
             groups.append((folder, label, runs))
         count = sum(len(runs) for _, _, runs in groups)
         summaries.append((study, count))
@@ -188,7 +196,7 @@ def plan(site: Site, config: SiteConfig) -> None:
     if roofline:
         site.assets.update({f"assets/charts/roofline-{theme}.svg": svg for theme, svg in roofline.items()})
     measured, assets = study_runs(site.data_root, ROOFLINE_RESULTS, ("pilot_experiments/roofline.py",))
-    site.asset_files.update(assets)
+    site.publish(assets)
     add(GeneratedPage("roofline.md", "Roofline", "roofline.html",
                       {**common, "chart": chart, "missing": missing, "runs": measured},
                       "pilot_experiments/roofline.py", hide=()))

@@ -14,6 +14,7 @@ from typing import Any
 import markdown
 from markdown.extensions.toc import TocExtension
 
+from pilot_experiments import plot_style
 from tools.site.charts import FALLBACK_COLOUR, STAGE_COLOURS, svg_pair
 
 log = logging.getLogger("mkdocs.hooks.site")
@@ -104,6 +105,14 @@ def safe_markdown(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class Plot:
+    """A published plot: its file, and for an SVG the dark-scheme variant (a PNG is inverted by the CSS instead)."""
+
+    src: str
+    dark_src: str | None
+
+
+@dataclass(frozen=True)
 class StudyRun:
     """One run: a results/<folder>/<stem>.json file and its companions of the same stem."""
 
@@ -113,7 +122,7 @@ class StudyRun:
     headline_html: str | None
     rest_html: str | None
     json_asset: str | None
-    images: list[str]
+    images: list[Plot]
     stale: str | None
     on_cpu: bool
 
@@ -161,12 +170,13 @@ def glance_of(record: dict) -> list[tuple[str, str]]:
     return [(name, str(value)) for name, value in facts if value]
 
 
-def study_runs(root: Path, folder_name: str, code: tuple[str, ...] = ()) -> tuple[list[StudyRun], dict[str, Path]]:
-    """The runs found under results/<folder_name>/ and the files to publish with them."""
+def study_runs(root: Path, folder_name: str, code: tuple[str, ...] = ()) -> tuple[list[StudyRun], dict[str, Path | str]]:
+    """The runs found under results/<folder_name>/ and what to publish with them: files to copy (a Path) and
+    generated text (each SVG plot's dark variant, see `pilot_experiments.plot_style`)."""
     folder = root / RESULTS_DIR / folder_name
     if not folder.is_dir():
         return [], {}
-    assets: dict[str, Path] = {}
+    assets: dict[str, Path | str] = {}
     stems = sorted({p.stem for p in folder.iterdir() if p.suffix in {".json", ".md"}})
     images_by_stem: dict[str, list[Path]] = defaultdict(list)
     for image in sorted(folder.iterdir()):
@@ -192,10 +202,7 @@ def study_runs(root: Path, folder_name: str, code: tuple[str, ...] = ()) -> tupl
         md_path = folder / f"{stem}.md"
         headline, rest = (split_results(safe_markdown(md_path.read_text(encoding="utf-8")))
                           if md_path.is_file() else (None, None))
-        images = []
-        for image in images_by_stem.get(stem, []):
-            images.append(f"pilots/{folder_name}/{image.name}")
-            assets[images[-1]] = image
+        images = [publish_plot(image, folder_name, assets) for image in images_by_stem.get(stem, [])]
         commit = str(record.get("git_commit", "")).removesuffix("+dirty")
         later = commits_since(root, commit, code)
         stale = (f"{len(later)} later commit{'s' if len(later) != 1 else ''} changed the code this run documents "
@@ -204,10 +211,20 @@ def study_runs(root: Path, folder_name: str, code: tuple[str, ...] = ()) -> tupl
         runs.append(StudyRun(stem, facts, glance_of(record), headline, rest, json_asset, images, stale,
                              str(record.get("device", "")).lower().startswith("cpu")))
     for image in images_by_stem.get("", []):
-        key = f"pilots/{folder_name}/{image.name}"
-        assets[key] = image
-        runs.append(StudyRun(image.stem, [], [], None, None, None, [key], None, False))
+        runs.append(StudyRun(image.stem, [], [], None, None, None, [publish_plot(image, folder_name, assets)], None,
+                             False))
     return runs, assets
+
+
+def publish_plot(image: Path, folder_name: str, assets: dict[str, Path | str]) -> Plot:
+    """Publish one plot file; an SVG also gets its dark-scheme variant beside it."""
+    light = f"pilots/{folder_name}/{image.name}"
+    assets[light] = image
+    if image.suffix != ".svg":
+        return Plot(light, None)
+    dark = f"pilots/{folder_name}/{image.stem}-dark.svg"
+    assets[dark] = plot_style.dark_variant(image.read_text(encoding="utf-8"))
+    return Plot(light, dark)
 
 
 def flat(value: Any) -> str:

@@ -251,7 +251,7 @@ def run_cli(args) -> int:
     study, device = harness.checkpoint_run(args, STUDY)
     cfg = config_for(args.preset, str(device), model=args.model, dtype=args.dtype)
     path = harness.run_study(study, args.preset, run, cfg, seed=cfg.seed, device=device, results_dir=Path(args.results_dir))
-    print(f"results: {path} (+ .md, .png)")
+    print(f"results: {path} (+ .md, .svg)")
     return 0
 
 

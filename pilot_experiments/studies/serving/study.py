@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pilot_experiments import plot_style
 from pilot_experiments.roofline import load_hardware, load_models
 
 from .architectures import FAMILIES, Architecture
@@ -333,13 +334,15 @@ def run_simulator_study(preset: str, results_dir: Path) -> Path:
     path = harness.run_study("serving", preset, study, config, seed=config.seed, device=device,
                              results_dir=results_dir)
     columns = (len(outcomes) + 1) // 2
-    figure, grid = plt.subplots(2, columns, figsize=(4 * columns, 7), squeeze=False)
-    for axes, outcome in zip(grid.flat, outcomes.values(), strict=False):
-        plot_ttft_vs_rate(axes, outcome)
-    figure.suptitle("P99 TTFT vs arrival rate per workload (each family's goodput-best split)", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path.with_name(path.stem + "-ttft-vs-rate.png"), dpi=110)
-    plt.close(figure)
+    with plt.rc_context(plot_style.rc()):
+        figure, grid = plt.subplots(2, columns, figsize=(4 * columns, 7), squeeze=False)
+        for axes, outcome in zip(grid.flat, outcomes.values(), strict=False):
+            plot_ttft_vs_rate(axes, outcome)
+        figure.suptitle("P99 TTFT vs arrival rate per workload (each family's goodput-best split)", fontsize=10)
+        figure.tight_layout()
+        plot_style.save_svg(figure, path.with_name(path.stem + "-ttft-vs-rate.svg"))
+        plt.close(figure)
+    path.with_name(path.stem + "-ttft-vs-rate.png").unlink(missing_ok=True)  # an earlier run's plot
     for line in rows_summary(outcomes):
         print(line)
     print(f"results: {path}")

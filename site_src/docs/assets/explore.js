@@ -20,7 +20,7 @@
       return {
         id: raw[col.id], name: raw[col.name], title: raw[col.title], authors: raw[col.authors],
         year: raw[col.year], venue: raw[col.venue], nodes: nodes, facets: facets, code: raw[col.code] === 1,
-        key: raw[col.key], stage: primary[0].split("/")[0], node: primary[0], nodeName: primary[1],
+        key: raw[col.key], summary: raw[col.summary], stage: primary[0].split("/")[0], node: primary[0], nodeName: primary[1],
         hay: (raw[col.name] + " " + raw[col.title] + " " + raw[col.authors] + " " + raw[col.venue]).toLowerCase()
       };
     });
@@ -114,6 +114,15 @@
       authors.className = "lvlm-muted lvlm-explore__authors";
       authors.textContent = row.authors;
       work.appendChild(authors);
+      if (row.summary) {  // folded, so that a screen of rows stays a screen of rows
+        var details = document.createElement("details");
+        details.className = "lvlm-explore__summary";
+        var label = document.createElement("summary");
+        label.textContent = "Summary";
+        details.appendChild(label);
+        details.appendChild(document.createTextNode(row.summary));
+        work.appendChild(details);
+      }
       cell(tr, String(row.year));
       cell(tr, row.venue);
       cell(tr, row.nodeName);
