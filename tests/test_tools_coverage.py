@@ -32,7 +32,8 @@ def test_markdown_links_are_read_and_json_reports_each_group(tiny_repo: Path, ca
                        "- see arXiv:2502.00003 again; 1234.5678 is a phone number\n", encoding="utf-8")
     assert main(["--root", str(tiny_repo), "coverage", "--json", str(listing)]) == 1
     result = json.loads(capsys.readouterr().out)
-    assert result == {"listed": 2, "papers": {"2403.06764": "fastv-2024"}, "declined": {}, "missing": ["2502.00003"]}
+    assert result == {"listed": 2, "papers": {"2403.06764": "fastv-2024"}, "declined": {}, "recheck": [],
+                      "missing": ["2502.00003"]}
 
 
 def test_everything_accounted_for_exits_zero(tiny_repo: Path, capsys) -> None:
@@ -41,6 +42,20 @@ def test_everything_accounted_for_exits_zero(tiny_repo: Path, capsys) -> None:
     listing.write_text("2403.06764,FastV\n2502.00003,Other\n", encoding="utf-8")
     assert main(["--root", str(tiny_repo), "coverage", str(listing)]) == 0
     assert "0 unaccounted for" in capsys.readouterr().out
+
+
+def test_an_id_declined_until_a_source_appears_is_accounted_for_but_listed_apart(tiny_repo: Path, capsys) -> None:
+    (tiny_repo / "taxonomy" / "declined.yaml").write_text(
+        'declined:\n  - arxiv: "2502.00003"\n    reason: "in scope, but no public page shows the authors"\n'
+        '    recheck: true\n', encoding="utf-8")
+    listing = tiny_repo / "peer.tsv"
+    listing.write_text("2403.06764\tFastV\n2502.00003\tUnverified\n", encoding="utf-8")
+    assert main(["--root", str(tiny_repo), "coverage", str(listing)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("2 arXiv ids listed: 1 in papers/, 1 declined (1 to recheck: no public page shows their facts "
+                      "yet), 0 unaccounted for")
+    assert out[1] == ("recheck: 2502.00003 https://arxiv.org/abs/2502.00003 (in scope, but no public page shows the "
+                      "authors)")
 
 
 @pytest.mark.parametrize("content", ["no ids at all\n", "title\tauthors\n"])

@@ -87,6 +87,18 @@ def test_known_declined_and_near_duplicate_titles_are_not_proposed(repo: Path, t
     assert fastv["title"] not in report
 
 
+def test_a_candidate_declined_until_a_source_appears_is_proposed_again(repo: Path, tmp_path: Path, capsys) -> None:
+    path = repo / "taxonomy" / "declined.yaml"
+    path.write_text(path.read_text(encoding="utf-8") + '  - arxiv: "2608.99994"\n'
+                    '    reason: "in scope, but no public page shows the authors"\n    recheck: true\n', encoding="utf-8")
+    feed = tmp_path / "feed.xml"
+    feed.write_text(atom(entry("2608.99994", "TrimVid: Training-Free Video Token Pruning for Video LLMs",
+                               "We prune redundant video tokens across frames to speed up video language models.")))
+    assert main(["-C", str(repo), "discover", "--from-feed", str(feed), "--json"]) == 0
+    (ranked,) = json.loads(capsys.readouterr().out)
+    assert ranked["arxiv"] == "2608.99994" and ranked["declined"] is None
+
+
 def test_write_drafts_the_best_new_candidates_for_review(repo: Path, tmp_path: Path, capsys) -> None:
     feed = tmp_path / "feed.xml"
     feed.write_text(atom(entry(

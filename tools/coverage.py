@@ -2,7 +2,8 @@
 
 A list is a TSV or CSV file (the first cell of each row that is a bare arXiv id) or any text file such as a
 Markdown awesome-list (every arxiv.org/abs|pdf|html link and every 'arXiv:ID' mention). Rerun it whenever a peer
-list changes: exit 1 while some id is unaccounted for, 0 when every id is a paper or a declined candidate.
+list changes: exit 1 while some id is unaccounted for, 0 when every id is a paper or a declined candidate
+(those declined only until a public page shows their facts, `recheck: true`, are listed apart).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class Coverage:
     listed: list[str]
     papers: dict[str, str]  # arXiv id -> paper id
     declined: dict[str, str]  # arXiv id -> reason
+    recheck: list[str]  # the declined ids to try again once a public page shows their facts
     missing: list[str]
 
 
@@ -50,6 +52,7 @@ def coverage(root: Path, files: list[Path]) -> Coverage:
     repository = load_repository(root)
     by_arxiv = {paper.arxiv: paper.id for paper in repository.papers if paper.arxiv}
     reasons = {entry.arxiv: entry.reason for entry in repository.declined.declined}
+    recheck = {entry.arxiv for entry in repository.declined.declined if entry.recheck}
     listed = list(dict.fromkeys(arxiv for path in files for arxiv in ids_in_list(path)))
     if not listed:
         raise UsageError(f"no arXiv ids found in {', '.join(map(str, files))}; give a TSV/CSV whose rows hold a "
@@ -58,6 +61,7 @@ def coverage(root: Path, files: list[Path]) -> Coverage:
         listed=listed,
         papers={arxiv: by_arxiv[arxiv] for arxiv in listed if arxiv in by_arxiv},
         declined={arxiv: reasons[arxiv] for arxiv in listed if arxiv in reasons},
+        recheck=[arxiv for arxiv in listed if arxiv in recheck],
         missing=[arxiv for arxiv in listed if arxiv not in by_arxiv and arxiv not in reasons],
     )
 
@@ -79,10 +83,13 @@ def run(args: argparse.Namespace) -> int:
     result = coverage(args.root, args.files)
     if args.json:
         print(json.dumps({"listed": len(result.listed), "papers": result.papers, "declined": result.declined,
-                          "missing": result.missing}, indent=2))
+                          "recheck": result.recheck, "missing": result.missing}, indent=2))
     else:
+        recheck = f" ({len(result.recheck)} to recheck: no public page shows their facts yet)" if result.recheck else ""
         print(f"{len(result.listed)} arXiv ids listed: {len(result.papers)} in papers/, "
-              f"{len(result.declined)} declined, {len(result.missing)} unaccounted for")
+              f"{len(result.declined)} declined{recheck}, {len(result.missing)} unaccounted for")
+        for arxiv in result.recheck:
+            print(f"recheck: {arxiv} https://arxiv.org/abs/{arxiv} ({result.declined[arxiv]})")
         for arxiv in result.missing:
             print(f"missing: {arxiv} https://arxiv.org/abs/{arxiv}")
     return 1 if result.missing else 0

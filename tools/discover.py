@@ -84,7 +84,7 @@ def rank(candidates: list[Candidate], repository: Repository) -> list[Ranked]:
     placements = suggester.suggest(texts)
     titles = {normalise_title(p.title): p.id for p in repository.papers}
     by_arxiv = {p.arxiv: p.id for p in repository.papers if p.arxiv}
-    reasons = {e.arxiv: e.reason for e in repository.declined.declined}
+    reasons = {e.arxiv: e.reason for e in repository.declined.declined if not e.recheck}
     ranked = [Ranked(c, s, n, find_duplicate(c, by_arxiv, titles), reasons.get(c.arxiv))
               for c, s, n in zip(candidates, scores, placements, strict=True)]
     return sorted(ranked, key=lambda r: (-r.score, -r.candidate.published.toordinal(), r.candidate.arxiv))

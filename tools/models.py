@@ -350,7 +350,12 @@ class DeclinedEntry(BaseModel):
     title: plain_text(max_length=300) | None = Field(default=None, description="Title, to recognise the entry.")
     reason: plain_text(min_length=8, max_length=300) = Field(
         description="One line: off scope (what it is instead), duplicate of papers/<id>.yaml, withdrawn, "
-                    "wrong id in a list, ..."
+                    "wrong id in a list, no public page shows its authors, ..."
+    )
+    recheck: bool = Field(
+        default=False,
+        description="Declined only for now: in scope, but no public page in reach shows the facts an entry needs "
+                    "(the full author list, the id). `discover` proposes it again; `coverage` counts it apart.",
     )
 
 
