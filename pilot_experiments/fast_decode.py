@@ -271,8 +271,11 @@ def markdown(results: list[DecodeBench], device: str, scaling: LayerScaling | No
                       f"{', '.join(f'{ms:.3f}' for ms in scaling.ms_per_token)} ms): "
                       f"{scaling.ms_per_layer:.3f} ms per layer against a bound of {scaling.bound_ms_per_layer:.3f} ms "
                       f"per layer ({scaling.ms_per_layer / scaling.bound_ms_per_layer:.1f}x), plus {scaling.fixed_ms:.3f} "
-                      "ms fixed. Each layer is a dozen small kernels whose launch and thread synchronisation cost "
-                      "more than the bytes they read: the step is bound by dispatch, not by memory."]
+                      "ms fixed. " + (
+                          "A layer takes well over the time its bytes need: it is a dozen small kernels whose launch "
+                          "and thread synchronisation cost more than their reads, so the step is bound by dispatch."
+                          if scaling.ms_per_layer > 1.5 * scaling.bound_ms_per_layer else
+                          "A layer runs within 1.5x of the time its bytes need.")]
     return "\n".join(lines) + "\n"
 
 
