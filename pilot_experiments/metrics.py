@@ -100,6 +100,18 @@ def verdict(interval: Interval, bar: float, *, at_least: bool = True) -> str:
     return NOT_RESOLVED
 
 
+def all_of(verdicts: Sequence[str]) -> str:
+    """One verdict for a target made of several conditions: missed if any is, met if all are, else not resolved."""
+    if MISSED in verdicts:
+        return MISSED
+    return MET if verdicts and all(v == MET for v in verdicts) else NOT_RESOLVED
+
+
+def ratio_of_sums(a: Sequence[float], b: Sequence[float]) -> float:
+    """sum(a) / sum(b): e.g. a speedup, total reference time over total method time on the same items."""
+    return float(sum(a) / sum(b)) if sum(b) > 0 else float("nan")
+
+
 def ratio_of_means(a: Sequence[float], b: Sequence[float]) -> float:
     """mean(a) / mean(b): the retention of a method (a) against the full cache (b) over the same items."""
     return mean(a) / mean(b) if mean(b) > 0 else float("nan")

@@ -114,3 +114,13 @@ def test_verdicts_are_three_valued(low, high, bar, at_least, expected) -> None:
     from pilot_experiments import metrics as m
 
     assert m.verdict(m.Interval((low + high) / 2, low, high), bar, at_least=at_least) == expected
+
+
+@pytest.mark.parametrize(("verdicts", "expected"), [
+    (["met", "met"], "met"), (["met", "not resolved"], "not resolved"), (["not resolved", "missed"], "missed"), ([], "not resolved"),
+])
+def test_a_target_of_several_conditions_is_met_only_when_all_are(verdicts, expected) -> None:
+    from pilot_experiments import metrics as m
+
+    assert m.all_of(verdicts) == expected
+    assert m.ratio_of_sums([2.0, 4.0], [1.0, 2.0]) == 2.0

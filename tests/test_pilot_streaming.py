@@ -286,3 +286,26 @@ def test_infinipot_gives_its_novelty_quota_to_patches_that_changed_since_the_new
     assert int(keep.sum()) == 150
     assert int((keep & changed).sum()) >= min(quota, int(changed.sum())) > 0
     assert bool(keep[:4].all()) and bool(keep[frames == 11].all())
+
+
+def test_far_verdicts_need_enough_questions_and_a_reference_clear_of_chance():
+    from pilot_experiments.metrics import Interval
+    from pilot_experiments.studies.streaming.study import judge
+
+    good_ref, at_chance = Interval(0.8, 0.7, 0.9), Interval(0.3, 0.2, 0.4)
+    assert judge(Interval(0.95, 0.85, 1.05), good_ref, chance=0.25, n=100, bar=0.8) == "met"
+    assert judge(Interval(0.5, 0.4, 0.6), good_ref, chance=0.25, n=100, bar=0.8) == "missed"
+    assert judge(Interval(0.8, 0.6, 1.0), good_ref, chance=0.25, n=100, bar=0.8) == "not resolved"
+    assert judge(Interval(0.95, 0.85, 1.05), good_ref, chance=0.25, n=12, bar=0.8) == "not resolved"
+    assert judge(Interval(0.95, 0.85, 1.05), at_chance, chance=0.25, n=100, bar=0.8) == "not resolved"
+
+
+def test_chance_rate_is_uniform_guessing_among_the_answers_of_each_kind():
+    from pilot_experiments.studies.streaming.stream import StreamQuestion
+    from pilot_experiments.studies.streaming.study import chance_rate
+
+    def q(kind, answer):
+        return StreamQuestion(0, kind, ("what",), (answer,), (0,), 200, "far")
+
+    questions = [q("colour", "red"), q("colour", "blue"), q("count", "one"), q("count", "two"), q("count", "three"), q("count", "one")]
+    assert chance_rate(questions) == pytest.approx((2 * 0.5 + 4 / 3) / 6)

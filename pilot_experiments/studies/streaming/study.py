@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from pilot_experiments import metrics as metrics_lib
 from pilot_experiments import synthvis
 from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.harness import StudyRecord, check_preset, pick_device, progress
@@ -29,7 +30,7 @@ from pilot_experiments.studies.streaming.policies import (
     SlidingWindow,
     StreamPolicy,
 )
-from pilot_experiments.studies.streaming.report import notes, plot, rows
+from pilot_experiments.studies.streaming.report import MIN_FAR_QUESTIONS, notes, plot, rows
 from pilot_experiments.studies.streaming.stream import (
     BINS,
     FrameStream,
@@ -92,8 +93,9 @@ PRESETS = {
         coarse_after=20, tokens_per_frame=8, memory_budget_mib=3.0, near_max=2, middle_max=12, questions_per_bin=2, question_spans=(), sample_every=5,
     ),
     # the cpu preset reads a 2,000-frame stream once per policy, so it uses the cpu-trained draft
-    # (3 layers) to stay within minutes on 2 shared cores; `--size target` swaps in the target
-    "cpu": StreamingConfig("cpu", "draft", "cpu", n_frames=2000),
+    # (3 layers) to stay within minutes on 2 shared cores; `--size target` swaps in the target. Up to 100
+    # questions per bin in each span, so that the far-past comparisons rest on about a hundred questions
+    "cpu": StreamingConfig("cpu", "draft", "cpu", n_frames=2000, questions_per_bin=100),
     "gpu": StreamingConfig(
         "gpu", "large", "gpu", n_frames=10000, threads=None, frame_px=64, time_per_frame=0.35, window_frames=16, chunk_frames=8,
         top_chunks=4, coarse_after=1000, tokens_per_frame=48, memory_budget_mib=8192.0, near_max=12, middle_max=500,
@@ -265,7 +267,8 @@ def summarise(run: PolicyRun, cfg: StreamingConfig) -> dict:
         "retrieval_hit_rate": float(np.mean(retrieved)) if retrieved else None,
         "series": {k: [s[k] for s in run.samples] for k in ("frame", "resident", "long_term", "entries")},
         "latency_ms_full": lat.round(3).tolist(),
-        "answers": [{"time": r.question.time, "bin": r.question.bin, "distance": r.question.distance, "kind": r.question.kind,
+        "answers": [{"time": r.question.time, "question": " ".join(r.question.question), "bin": r.question.bin,
+                     "distance": r.question.distance, "kind": r.question.kind,
                      "answer": " ".join(r.question.answer), "predicted": " ".join(r.predicted), "correct": r.correct,
                      "evidence_in_cache": r.evidence_in_cache, "retrieved": r.retrieved, "ttft_ms": r.ttft_s * 1e3} for r in run.answers],
     }
@@ -313,12 +316,43 @@ def run_streaming(cfg: StreamingConfig, trained: TrainResult | None = None) -> S
                    "distance_range": {b: [min(d), int(np.median(d)), max(d)] for b in BINS if (d := [q.distance for q in stream.questions if q.bin == b])}},
         "policies": runs,
     }
-    metrics["targets"] = targets(runs, cfg)
+    metrics["targets"] = targets(runs, cfg, oracle)
     return StudyRecord(metrics, rows(runs), plot(runs), notes(metrics, cfg))
 
 
-def targets(runs: dict[str, dict], cfg: StreamingConfig) -> dict:
-    """The issue's targets, checked on this run's figures."""
+def _question_key(time: int, question: str) -> tuple[int, str]:
+    return time, question
+
+
+def chance_rate(questions: list[StreamQuestion]) -> float:
+    """Accuracy of guessing uniformly among the answers the stream gives to questions of the same kind."""
+    answers: dict[str, set] = {}
+    for q in questions:
+        answers.setdefault(q.kind, set()).add(q.answer)
+    return float(np.mean([1 / len(answers[q.kind]) for q in questions])) if questions else float("nan")
+
+
+def judge(ratio: metrics_lib.Interval | None, reference: metrics_lib.Interval | None, chance: float, n: int, bar: float) -> str:
+    """Met / missed / not resolved for 'the policy keeps >= `bar` of the reference's accuracy on the same questions':
+    not resolved with fewer than MIN_FAR_QUESTIONS questions, or when the reference itself is not clear of chance."""
+    if ratio is None or reference is None or n < MIN_FAR_QUESTIONS or reference.low <= chance:
+        return metrics_lib.NOT_RESOLVED
+    return metrics_lib.verdict(ratio, bar)
+
+
+def _paired(values: list[bool], reference: list[bool]) -> tuple[metrics_lib.Interval | None, metrics_lib.Interval | None]:
+    """(ratio of the policy's accuracy to the reference's, the reference's accuracy), 95 % paired intervals."""
+    if len(values) < 2:
+        return None, None
+    ref = metrics_lib.paired_bootstrap(metrics_lib.mean, reference)
+    ratio = metrics_lib.paired_bootstrap(metrics_lib.ratio_of_means, values, reference) if any(reference) else None
+    return ratio, ref
+
+
+def targets(runs: dict[str, dict], cfg: StreamingConfig, oracle: list[tuple[StreamQuestion, bool]]) -> dict:
+    """The issue's targets on this run's figures. Far-past accuracy is judged against two references on the same
+    questions (paired 95 % bootstrap intervals): the full cache while it fits, and the oracle clip (the evidence
+    frames and the latest ones); a reference whose own interval reaches down to chance gives no verdict."""
     out: dict = {}
     bounded = [n for n in runs if n != "full"]
     out["bounded_memory_flat"] = {n: runs[n]["resident_growth_after_warmup"] for n in bounded}
@@ -326,12 +360,19 @@ def targets(runs: dict[str, dict], cfg: StreamingConfig) -> dict:
     out["bounded_latency_growth"] = {
         n: runs[n]["latency_ms_median_by_quarter"][-1] / runs[n]["latency_ms_median_by_quarter"][0] for n in bounded
     }
+    far_questions = [q for q, _ in oracle if q.bin == "far"]
+    chance = chance_rate(far_questions)
+    out["far_chance_rate"] = chance
+    answers = {name: {_question_key(a["time"], a["question"]): a["correct"] for a in r["answers"] if a["bin"] == "far"}
+               for name, r in runs.items()}
+    smoke = cfg.preset == "smoke"
     if "full" in runs and "hierarchical" in runs:
         full, hier = runs["full"], runs["hierarchical"]
         horizon = full["frames_ingested"]
-        fits = [a for a in hier["answers"] if a["time"] < horizon]
-        full_far = [a["correct"] for a in full["answers"] if a["bin"] == "far"]
-        hier_far = [a["correct"] for a in fits if a["bin"] == "far"]
+        keys = [k for k in answers["full"] if k[0] < horizon and k in answers["hierarchical"]]
+        full_far = [answers["full"][k] for k in keys]
+        hier_far = [answers["hierarchical"][k] for k in keys]
+        ratio, ref = _paired(hier_far, full_far)
         at = min(horizon - 1, cfg.n_frames - 1)
         full_bytes = _at(full, at)
         hier_bytes = _at(hier, at)
@@ -340,11 +381,35 @@ def targets(runs: dict[str, dict], cfg: StreamingConfig) -> dict:
             "full_far_accuracy": float(np.mean(full_far)) if full_far else None,
             "hierarchical_far_accuracy_same_questions": float(np.mean(hier_far)) if hier_far else None,
             "n_far_questions": len(full_far),
+            "full_interval": ref and [ref.low, ref.high],
+            "ratio_interval": ratio and [ratio.value, ratio.low, ratio.high],
+            "verdict": None if smoke else judge(ratio, ref, chance, len(full_far), 0.8),
             "resident_ratio_full_over_hierarchical": full_bytes["resident"] / hier_bytes["resident"],
             "total_ratio_full_over_hierarchical": (full_bytes["resident"] + full_bytes["long_term"]) / (hier_bytes["resident"] + hier_bytes["long_term"]),
         }
+    oracle_far = {_question_key(q.time, " ".join(q.question)): ok for q, ok in oracle if q.bin == "far"}
+    vs_oracle = {}
+    for name, got in answers.items():
+        keys = [k for k in oracle_far if k in got]
+        ratio, ref = _paired([got[k] for k in keys], [oracle_far[k] for k in keys])
+        vs_oracle[name] = {"n": len(keys), "accuracy": float(np.mean([got[k] for k in keys])) if keys else None,
+                           "oracle_accuracy": float(np.mean([oracle_far[k] for k in keys])) if keys else None,
+                           "oracle_interval": ref and [ref.low, ref.high], "ratio_interval": ratio and [ratio.value, ratio.low, ratio.high],
+                           "verdict": None if smoke else judge(ratio, ref, chance, len(keys), 0.8)}
+    out["far_vs_oracle"] = vs_oracle
     far = {n: runs[n]["accuracy"]["far"]["accuracy"] for n in runs}
     out["far_accuracy_all_questions"] = far
+    baselines = [n for n in ("window", "sinks+window") if n in answers and far.get(n) is not None]
+    if "hierarchical" in answers and baselines:
+        best = max(baselines, key=lambda n: far[n])
+        keys = [k for k in answers["hierarchical"] if k in answers[best]]
+        hier_vals, best_vals = [answers["hierarchical"][k] for k in keys], [answers[best][k] for k in keys]
+        gap = metrics_lib.paired_bootstrap(metrics_lib.difference_of_means, hier_vals, best_vals) if len(keys) >= 2 else None
+        out["hierarchical_over_windows"] = {
+            "baseline": best, "n": len(keys), "difference_interval": gap and [gap.value, gap.low, gap.high],
+            "verdict": None if smoke else (metrics_lib.NOT_RESOLVED if gap is None or len(keys) < MIN_FAR_QUESTIONS
+                                           else metrics_lib.verdict(gap, 0.10)),
+        }
     return out
 
 
