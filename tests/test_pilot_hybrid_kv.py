@@ -29,6 +29,7 @@ from pilot_experiments.studies.hybrid_kv import (
 )
 from pilot_experiments.studies.hybrid_kv.allocation import BudgetError, allocate
 from pilot_experiments.studies.hybrid_kv.policies import merge_entries
+from pilot_experiments.studies.hybrid_kv import study
 from pilot_experiments.studies.hybrid_kv.study import answer, attended_visual
 
 TOK = synthvis.Tokenizer()
@@ -103,6 +104,33 @@ def test_full_cache_output_equals_uncompressed_generation(untrained_draft, prefi
     inputs = untrained_draft.embed_prompt(ep.pixels[None], torch.tensor([ep.times]), torch.tensor([TOK.encode(qa.question) + [TOK.ans_id]]))
     assert ours.tokens == untrained_draft.generate(inputs, max_new_tokens=12)
     assert ours.visual_kept == 1.0 and ours.total_kept == 1.0
+
+
+def test_question_agnostic_full_cache_answers_like_uncompressed_generation(untrained_draft, prefilled):
+    """Prefilling the context, compressing nothing and then prefilling the question is the same as prefilling it all."""
+    ep, qa, _, _, tap = prefilled
+    prompter = ReferencePrompter(untrained_draft)
+    inputs = prompter.prompt(ep, qa.question, with_answer_start=False)
+    context, question = study.split_prompt(inputs)
+    assert context.length + question.length == inputs.length
+    assert int(context.modality[0, -1]) == VISUAL and (question.modality == VISUAL).sum() == 0
+    cache = untrained_draft.new_cache(1, capacity=inputs.length + 16)
+    with torch.no_grad():
+        untrained_draft.prefill(context, cache)
+    obs = observe(tap, cache, window=4)
+    shrunk, _, visual_kept, _ = study.compressed(cache, obs, FullCache(), compact=True, reserve=question.length + 13)
+    tokens, _, _ = study.respond(prompter, shrunk, question, 12)
+    with_start = prompter.prompt(ep, qa.question)
+    assert tokens == untrained_draft.generate(with_start, max_new_tokens=12) and visual_kept == 1.0
+
+
+def test_a_later_turn_continues_the_positions_after_the_first_answer(untrained_draft, prefilled):
+    ep, qa, _, _, _ = prefilled
+    prompter = ReferencePrompter(untrained_draft)
+    _, question = study.split_prompt(prompter.prompt(ep, qa.question, with_answer_start=False))
+    later = study.shifted(question, 100, prompter.backend, [TOK.eos_id])
+    assert later.positions[0].tolist() == list(range(100, 101 + question.length))
+    assert later.token_ids[0].tolist() == [TOK.eos_id] + question.token_ids[0].tolist()
 
 
 def test_full_cache_logits_equal_the_untouched_cache(untrained_draft, prefilled):

@@ -50,6 +50,22 @@ def test_compressed_methods_keep_their_budget_and_less_memory(smoke_results):
     assert retention["interval"]["low"] <= retention["measured"] <= retention["interval"]["high"]
 
 
+def test_question_agnostic_is_the_primary_protocol_and_the_others_are_reported(smoke_results):
+    payload, path = smoke_results
+    assert payload["metrics"]["protocol"] == "question-agnostic"
+    by_protocol = payload["metrics"]["retention_by_protocol"]
+    assert set(by_protocol) == {"question-agnostic", "question-aware", "multi-turn"}
+    single = by_protocol["question-agnostic"]["Hybrid@0.2"]["items"]
+    assert by_protocol["question-aware"]["Hybrid@0.2"]["items"] == single
+    assert 0 < by_protocol["multi-turn"]["Hybrid@0.2"]["items"] <= single // 2  # the second question of each pair
+    for protocol in by_protocol.values():
+        for r in protocol.values():  # NaN where a smoke model's full cache scores nothing under that protocol
+            assert r["low"] <= r["value"] <= r["high"] or r["value"] != r["value"]
+    hybrid = next(r for r in payload["rows"] if r["method"] == "Hybrid")
+    assert {"retention question-aware", "retention multi-turn"} <= set(hybrid)
+    assert "## Retention by protocol" in path.with_suffix(".md").read_text()
+
+
 def test_results_page_has_the_survey_comparisons(smoke_results):
     _, path = smoke_results
     page = path.with_suffix(".md").read_text()

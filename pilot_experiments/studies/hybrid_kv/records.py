@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 METHODS = ("FullCache", "LookM", "MadaKV", "SparseMM", "Hybrid")
+# How the cache meets the question. question-agnostic (the primary setting, as kvpress measures): the context is
+# prefilled and compressed before the question is seen, scored with the attention of the context's own last entries;
+# question-aware: compressed after the question is prefilled, scored with the question's attention; multi-turn: two
+# questions in turn on one question-agnostic compressed cache, the second one scored.
+PROTOCOLS = ("question-agnostic", "question-aware", "multi-turn")
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,8 @@ class HybridKVConfig:
     calibration_episodes: int = 40
     budgets: tuple[float, ...] = (1.0, 0.5, 0.2, 0.1)
     methods: tuple[str, ...] = METHODS
+    protocols: tuple[str, ...] = PROTOCOLS  # the first is the one the targets are judged on
+    context_window: int = 16  # question-agnostic: the context's last entries whose attention scores the cache
     chunk: int = 16  # a patch row of a 64-px image; mean keys then cost 1/32 of a dynamic head's visual KV
     dynamic_fraction: float = 0.5
     latency_frames: int = 24

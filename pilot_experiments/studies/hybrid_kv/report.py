@@ -42,7 +42,7 @@ merge of evicted entries into the most key-similar kept one), MadaKV (per-head v
 shares the layer budget; layer budgets grow with the attention mass a uniform budget would have
 dropped in earlier layers), SparseMM (visual-head scores from argmax-on-object hits on val
 images; 30 % of the budget uniform, 70 % by score). Every method scores entries with the same
-observation window (the question's queries)."""
+observation window: the question's queries when the question is seen, else the context's last entries."""
 
 
 def _mean(xs) -> float:
@@ -73,8 +73,12 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else float("nan")
 
 
-def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.Tensor, prompter, quality: dict) -> harness.StudyRecord:
+def build(cfg: HybridKVConfig, by_protocol: dict[str, dict], timings: dict, head_scores: torch.Tensor, prompter,
+          quality: dict) -> harness.StudyRecord:
+    primary = next(p for p in cfg.protocols if p in by_protocol)
+    tallies = by_protocol[primary]
     summary = {key: _summary(t, tallies[("FullCache", 1.0)]) for key, t in tallies.items()}
+    others = {p: {key: _summary(t, tb[("FullCache", 1.0)]) for key, t in tb.items()} for p, tb in by_protocol.items() if p != primary}
     full = summary[("FullCache", 1.0)]
     full_lat = {mode: timings[("FullCache", 1.0, mode)] for mode in ("masked", "compacted")}
     rows, table = [], {}
@@ -85,6 +89,7 @@ def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.
             "visual kept": s["visual_kept"], "total kept": s["total_kept"],
             "acc image": s["sets"].get("image", float("nan")), "acc video": s["sets"].get("video", float("nan")),
             "retention": _ratio(s["accuracy"], full["accuracy"]), "agreement with full": s["agreement"],
+            **{f"retention {p}": _ratio(o[(method, budget)]["accuracy"], o[("FullCache", 1.0)]["accuracy"]) for p, o in others.items()},
             "KV resident KiB": s["resident_bytes"] / 1024, "KV logical KiB": s["logical_bytes"] / 1024,
             "offloaded KiB": s["offloaded_bytes"] / 1024,
             "KV reduction x": _ratio(full["resident_bytes"], s["resident_bytes"]),
@@ -99,15 +104,19 @@ def build(cfg: HybridKVConfig, tallies: dict, timings: dict, head_scores: torch.
             "peak mem delta MiB": lat_c["peak_delta_bytes"] / 2**20,
         }
         rows.append(row)
-        table[f"{method}@{budget}"] = {**s, "retention": row["retention"], "kv_reduction": row["KV reduction x"],
+        table[f"{method}@{budget}"] = {**s, "protocol": primary, "retention": row["retention"], "kv_reduction": row["KV reduction x"],
+                                       "other_protocols": {p: {k: o[(method, budget)][k] for k in ("accuracy", "sets", "agreement")}
+                                                           for p, o in others.items()},
                                        "total_reduction": row["total reduction x"],
                                        "latency": {"masked": lat_m, "compacted": lat_c}}
     targets = _targets(summary, tallies, timings, cfg)
+    by_protocol_retention = _protocol_retention(by_protocol, cfg)
     metrics = {
         "model": prompter.label, "params": prompter.params, "context_latency": full_lat["compacted"]["context"],
-        "sparsemm_head_scores": head_scores, "results": table, "targets": targets, "model_quality": quality,
+        "protocol": primary, "sparsemm_head_scores": head_scores, "results": table, "targets": targets,
+        "retention_by_protocol": by_protocol_retention, "model_quality": quality,
     }
-    notes = _notes(cfg, summary, timings, targets, prompter, quality)
+    notes = _notes(cfg, summary, timings, targets, prompter, quality, primary, by_protocol_retention)
     return harness.StudyRecord(metrics, rows, _plot(summary, timings), notes)
 
 
@@ -174,6 +183,17 @@ def _targets(summary: dict, tallies: dict, timings: dict, cfg: HybridKVConfig) -
     return out
 
 
+def _protocol_retention(by_protocol: dict[str, dict], cfg: HybridKVConfig) -> dict[str, dict[str, dict]]:
+    """Each compressed method's retention against the full cache of the same protocol, with its 95 % paired interval,
+    per protocol and budget below 100 %."""
+    out: dict[str, dict[str, dict]] = {}
+    for protocol, tallies in by_protocol.items():
+        full = tallies[("FullCache", 1.0)]
+        out[protocol] = {f"{method}@{budget}": {**_paired(t, full, _ratio).as_dict(), "items": len(t.outputs)}
+                         for (method, budget), t in tallies.items() if method != "FullCache"}
+    return out
+
+
 def _fmt(v, pct: bool = False) -> str:
     if v is None or v != v:
         return "–"
@@ -191,7 +211,8 @@ def _rank(values: dict[str, float]) -> dict[str, int]:
     return {k: order.index(k) + 1 for k in values}
 
 
-def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, prompter, quality: dict) -> str:
+def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, prompter, quality: dict, primary: str,
+           by_protocol: dict[str, dict[str, dict]]) -> str:
     full = summary[("FullCache", 1.0)]
     q = ", ".join(f"{k} {quality[k]:.2f}" for k in ("vqa", "temporal", "multi", "caption_f1") if k in quality)
     se = ", ".join(f"{k} +/- {v:.3f}" for k, v in full["stderr"].items())
@@ -215,9 +236,13 @@ def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, pro
         "rotated each round; medians over the rounds (interquartile ranges in the JSON). Command: "
         f"`python -m pilot_experiments hybrid-kv --preset {cfg.preset}" + (f" --model {cfg.model}" if cfg.model else "") + "`.",
         "",
-        f"Protocol: the prompt {layout} is prefilled with the full cache; every policy scores with the "
-        f"question's attention (the observation window); the cache is compressed and compacted; {start} and the whole answer are "
-        "then decoded under the compressed cache. At 100 % every policy keeps every entry, so only the full cache is run there "
+        f"Protocols. The targets and the tables are judged on **{primary}**. Question-agnostic (as kvpress measures): the context "
+        f"of the prompt {layout}, without the question, is prefilled with the full cache; every policy scores with the attention of "
+        f"the context's last {cfg.context_window} entries, compresses and compacts; then the question is prefilled onto the compressed "
+        "cache. Question-aware: the whole prompt is prefilled and every policy scores with the question's attention (the "
+        "observation window) before compressing. Multi-turn (the reference LVLM only): two of an episode's questions in turn on one "
+        f"question-agnostic compressed cache, the first answer left in the cache, the second answer scored. In each, {start} and the "
+        "whole answer are decoded under the compressed cache. At 100 % every policy keeps every entry, so only the full cache is run there "
         "(the tests check that each policy at 100 % reproduces the full cache's logits). KV resident = bytes the compressed "
         "prompt's KV tensors occupy on the compute device after the first decode step (retrieval working slots and chunk mean "
         "keys included, the equal decode reserve excluded); logical = bytes of what one decode step attends. Masked = the "
@@ -241,9 +266,27 @@ def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, pro
         span = f"{_fmt(ci['low'], pct)} – {_fmt(ci['high'], pct)}" if ci else "–"
         verdict = t["verdict"] if t["verdict"] != metrics.MISSED else f"**{t['verdict']}**"
         lines.append(f"| {name} | {t['target']} | {_fmt(t['measured'], pct)} | {span} | {verdict} |")
-    lines += ["", _table7(summary, 0.2), "", _table7(summary, 0.1), "", _table8(summary, timings), "", PAPER_VS_OURS, "",
+    lines += ["", _protocol_table(by_protocol), "", _table7(summary, 0.2), "", _table7(summary, 0.1), "", _table8(summary, timings), "",
+              PAPER_VS_OURS, "",
               "## Every method x budget", ""]
     return "\n".join(lines)
+
+
+def _protocol_table(by_protocol: dict[str, dict[str, dict]]) -> str:
+    """Retention with its 95 % interval for every method and budget, one column per protocol."""
+    protocols = list(by_protocol)
+    keys = list(by_protocol[protocols[0]])
+    out = ["## Retention by protocol (95 % paired intervals; each against the full cache of the same protocol)", "",
+           "| method @ budget | " + " | ".join(protocols) + " |", "|---|" + "---|" * len(protocols)]
+    for key in keys:
+        cells = []
+        for p in protocols:
+            r = by_protocol[p].get(key)
+            cells.append("–" if r is None else f"{_fmt(r['value'], True)} ({_fmt(r['low'], True)} – {_fmt(r['high'], True)}), "
+                                               f"{r['items']} items")
+        method, budget = key.split("@")
+        out.append(f"| {method} @ {float(budget):.0%} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def _table7(summary: dict, budget: float) -> str:

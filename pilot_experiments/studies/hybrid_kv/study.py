@@ -1,11 +1,15 @@
 """The hybrid-kv study: every policy x budget on held-out SynthVis image and video questions,
 plus a long-context latency benchmark, compared with the survey's Tables 7 and 8.
 
-Protocol. The prompt `<bos> (<img> visual)* question` is prefilled with the full cache while the
-query projections are tapped; the question's attention on the cache (the observation window) is
-what every policy scores with. The policy then compresses the cache, `<ans>` is decoded as the
-first step under the compressed cache, and the answer is decoded greedily, so that every answer
-token (single-word answers included) is produced by the compressed cache. Accuracy is measured on
+Protocols (`records.PROTOCOLS`). Question-agnostic, the primary one and the way kvpress measures: the
+context `<bos> (<img> visual)*` is prefilled with the full cache while the query projections are
+tapped, every policy scores with the attention of the context's last `context_window` entries and
+compresses, and only then is the question prefilled onto the compressed cache; the compressed cache
+is built once per episode and copied for each of its questions. Question-aware: the whole prompt,
+question included, is prefilled and the question's attention scores the cache. Multi-turn: two of
+an episode's questions in turn on one question-agnostic compressed cache (the first answer stays in
+the cache), the second answer scored. In every protocol `<ans>` and the answer are decoded greedily
+under the compressed cache, so that every answer token is produced by it. Accuracy is measured on
 the compacted cache; masked and compacted caches attend the same entries (a test checks it), and
 both are measured for memory and latency.
 """
@@ -23,7 +27,8 @@ from pilot_experiments import harness, metrics, synthvis, train
 from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.kvcache import VISUAL, KVCache, LayerCache
 from pilot_experiments.studies.hybrid_kv import report
-from pilot_experiments.studies.hybrid_kv.records import METHODS, Answer, HybridKVConfig, Tally
+from pilot_experiments.model import Inputs
+from pilot_experiments.studies.hybrid_kv.records import METHODS, PROTOCOLS, Answer, HybridKVConfig, Tally
 from pilot_experiments.studies.hybrid_kv.calibration import visual_head_scores
 from pilot_experiments.studies.hybrid_kv.hybrid import Hybrid, RetrievalLayerCache
 from pilot_experiments.studies.hybrid_kv.observe import Observation, observe
@@ -100,23 +105,30 @@ def kept_fractions(cache: KVCache, obs: Observation, prompt_length: int) -> tupl
 
 
 @torch.no_grad()
-def answer(prompter: Prompter, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int) -> Answer:
-    """Compress a copy of the prefilled `cache`, then decode the answer start (`<ans>` for the
-    reference LVLM) and the answer greedily."""
-    backend = prompter.backend
+def compressed(cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, reserve: int) -> tuple[KVCache, float, float, float]:
+    """A compressed copy of the prefilled `cache` (compacted with `reserve` free slots), the seconds compression took,
+    and the (visual, total) fractions of the prefilled entries a decode step attends."""
     prompt_length = cache.length
     cache = copy.deepcopy(cache)
     start = time.perf_counter()
     policy.compress(cache, obs)
     if compact:
-        cache.compact(reserve=max_new + 1)
+        cache.compact(reserve=reserve)
     compress_s = time.perf_counter() - start
-    visual_kept, total_kept = kept_fractions(cache, obs, prompt_length)
-    device = backend.device
+    return (cache, compress_s, *kept_fractions(cache, obs, prompt_length))
+
+
+@torch.no_grad()
+def respond(prompter: Prompter, cache: KVCache, question: Inputs | None, max_new: int) -> tuple[list[int], list[float], dict]:
+    """Prefill `question` (if any) onto the compressed `cache`, then decode the answer start (`<ans>` for the reference
+    LVLM) and the answer greedily: the answer tokens, each decode step's seconds and the cache's bytes."""
+    backend = prompter.backend
+    if question is not None:
+        backend.prefill(question, cache)
     token, out, steps, sizes = prompter.answer_start, [], [], None
     for _ in range(max_new):
         begun = time.perf_counter()
-        logits = backend.decode(torch.tensor([[token]], device=device), cache).logits[:, -1]
+        logits = backend.decode(torch.tensor([[token]], device=backend.device), cache).logits[:, -1]
         token = int(logits.argmax(-1))
         steps.append(time.perf_counter() - begun)
         if sizes is None:  # after the first step, so that retrieval's working set is in place
@@ -124,7 +136,34 @@ def answer(prompter: Prompter, cache: KVCache, obs: Observation, policy: Policy,
         if token == prompter.eos:
             break
         out.append(token)
-    return Answer(out, steps, compress_s, sizes, visual_kept, total_kept)
+    return out, steps, sizes
+
+
+@torch.no_grad()
+def answer(prompter: Prompter, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int) -> Answer:
+    """Question-aware: compress a copy of the prefilled prompt's `cache` (question included) and answer."""
+    cache, compress_s, visual_kept, total_kept = compressed(cache, obs, policy, compact=compact, reserve=max_new + 1)
+    tokens, steps, sizes = respond(prompter, cache, None, max_new)
+    return Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept)
+
+
+def split_prompt(inputs: Inputs) -> tuple[Inputs, Inputs]:
+    """(context, question): the prompt cut right after its last visual entry."""
+    visual = torch.nonzero(inputs.modality[0] == VISUAL)
+    if len(visual) == 0:
+        raise PolicyError("the prompt has no visual entries to compress")
+    cut = int(visual[-1]) + 1
+
+    def part(sl: slice) -> Inputs:
+        return Inputs(*(t[:, sl] for t in (inputs.embeds, inputs.positions, inputs.modality, inputs.frame, inputs.token_ids)))
+
+    return part(slice(None, cut)), part(slice(cut, None))
+
+
+def shifted(question: Inputs, start: int, backend, lead: list[int]) -> Inputs:
+    """The question's text tokens, preceded by `lead` tokens, re-embedded at positions from `start`: a later turn."""
+    ids = torch.tensor([lead + question.token_ids[0].tolist()], device=question.token_ids.device)
+    return backend.embed_tokens(ids, torch.arange(start, start + ids.shape[1], device=ids.device)[None])
 
 
 def score(kind: str, predicted: list[str], truth: tuple[str, ...]) -> float:
@@ -150,25 +189,68 @@ def episodes(cfg: HybridKVConfig, tc: train.TrainConfig) -> list[tuple[str, synt
     return [(family, train.family_episode(family, cfg.split, tc.seed, i, tc)) for family, n in counts.items() for i in range(n)]
 
 
-def evaluate(prompter: Prompter, cfg: HybridKVConfig, tc: train.TrainConfig, head_scores: torch.Tensor) -> dict[tuple[str, float], Tally]:
+@torch.no_grad()
+def evaluate(prompter: Prompter, cfg: HybridKVConfig, tc: train.TrainConfig,
+             head_scores: torch.Tensor) -> dict[str, dict[tuple[str, float], Tally]]:
+    """Tallies per protocol, per (method, budget), over the same questions in the same order."""
     configs = run_configs(cfg)
-    tallies = {c: Tally() for c in configs}
-    items = [(family, ep, qa) for family, ep in episodes(cfg, tc) for qa in ep.qas]
+    protocols = [p for p in cfg.protocols if p != "multi-turn" or isinstance(prompter, ReferencePrompter)]
+    tallies = {p: {c: Tally() for c in configs} for p in protocols}
+    eps = episodes(cfg, tc)
     backend = prompter.backend
     with harness.progress() as bar, backend.query_tap() as tap:
-        task = bar.add_task(f"{STUDY}: {len(configs)} configs", total=len(items))
-        for family, ep, qa in items:
-            inputs = prompter.prompt(ep, qa.question, with_answer_start=False)
-            max_new = len(qa.answer) + 8
-            cache = backend.new_cache(1, capacity=inputs.length + max_new + 2)
-            with torch.no_grad():
-                backend.prefill(inputs, cache)
-            obs = observe(tap, cache)
-            for method, budget in configs:
-                ans = answer(prompter, cache, obs, make_policy(method, budget, cfg, head_scores), compact=True, max_new=max_new)
-                tallies[(method, budget)].add(family, qa.kind, score(qa.kind, prompter.words(ans.tokens), qa.answer), ans)
+        task = bar.add_task(f"{STUDY}: {len(configs)} configs x {len(protocols)} protocols", total=len(eps))
+        for family, ep in eps:
+            prompts = [prompter.prompt(ep, qa.question, with_answer_start=False) for qa in ep.qas]
+            limits = [len(qa.answer) + 8 for qa in ep.qas]
+            if "question-aware" in tallies:
+                for qa, inputs, max_new in zip(ep.qas, prompts, limits):
+                    cache = backend.new_cache(1, capacity=inputs.length + max_new + 2)
+                    backend.prefill(inputs, cache)
+                    obs = observe(tap, cache)
+                    for method, budget in configs:
+                        ans = answer(prompter, cache, obs, make_policy(method, budget, cfg, head_scores), compact=True, max_new=max_new)
+                        tallies["question-aware"][(method, budget)].add(family, qa.kind, score(qa.kind, prompter.words(ans.tokens), qa.answer), ans)
+            if "question-agnostic" in tallies or "multi-turn" in tallies:
+                agnostic(prompter, cfg, head_scores, tap, family, ep, prompts, limits, tallies)
             bar.update(task, advance=1)
     return tallies
+
+
+@torch.no_grad()
+def agnostic(prompter: Prompter, cfg: HybridKVConfig, head_scores: torch.Tensor, tap, family: str, ep: synthvis.Episode,
+             prompts: list[Inputs], limits: list[int], tallies: dict) -> None:
+    """One episode under the question-agnostic and multi-turn protocols: the context is prefilled and compressed once
+    per policy, then each question (or pair of questions) is answered on a copy of the compressed cache."""
+    backend = prompter.backend
+    context, _ = split_prompt(prompts[0])
+    questions = [split_prompt(p)[1] for p in prompts]
+    reserve = 2 * max(q.length for q in questions) + 2 * max(limits) + 4
+    cache = backend.new_cache(1, capacity=context.length + reserve)
+    backend.prefill(context, cache)
+    obs = observe(tap, cache, window=min(cfg.context_window, context.length))
+    for method, budget in run_configs(cfg):
+        shrunk, compress_s, visual_kept, total_kept = compressed(cache, obs, make_policy(method, budget, cfg, head_scores),
+                                                                compact=True, reserve=reserve)
+        def fresh() -> KVCache:  # a copy of the compressed cache that still reads the live query tap (retrieval uses it)
+            return copy.deepcopy(shrunk, {id(tap): tap})
+
+        if "question-agnostic" in tallies:
+            for qa, question, max_new in zip(ep.qas, questions, limits):
+                tokens, steps, sizes = respond(prompter, fresh(), question, max_new)
+                tallies["question-agnostic"][(method, budget)].add(
+                    family, qa.kind, score(qa.kind, prompter.words(tokens), qa.answer),
+                    Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept))
+        if "multi-turn" in tallies:
+            for first in range(0, len(ep.qas) - 1, 2):
+                turn = fresh()
+                respond(prompter, turn, questions[first], limits[first])
+                second = shifted(questions[first + 1], int(turn.next_position[0]), backend, [prompter.eos])
+                qa = ep.qas[first + 1]
+                tokens, steps, sizes = respond(prompter, turn, second, limits[first + 1])
+                tallies["multi-turn"][(method, budget)].add(
+                    family, qa.kind, score(qa.kind, prompter.words(tokens), qa.answer),
+                    Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept))
 
 
 @torch.no_grad()
