@@ -291,7 +291,8 @@ def test_explore_rows_unfold_their_summary(site, tab):
     tab.explore_ready()
     summary = tab.page.locator("#lvlm-rows .lvlm-explore__summary").first
     assert not summary.evaluate("node => node.open")
-    summary.locator("summary").click()
+    summary.locator("summary").click()  # the first unfold fetches assets/data/summaries.json
+    summary.locator("xpath=self::*[@data-filled]").wait_for(timeout=10000)
     assert site.paper("fastv-2024").summary in summary.text_content()
 
 

@@ -188,7 +188,8 @@ def test_explore_data_rows_match_the_repository(site):
         assert [data["nodes"][i][0] for i in row["nodes"]] == paper.taxonomy
         assert row["code"] == (1 if paper.code else 0)
         assert row["key"] == bibtex.citation_key(paper)
-        assert row["summary"] == paper.summary
+    summaries = json.loads((site.site_dir / "assets" / "data" / "summaries.json").read_text(encoding="utf-8"))
+    assert summaries == {p.id: p.summary for p in site.repo.papers}
 
 
 def test_every_node_has_a_page_listing_its_subtree(site):

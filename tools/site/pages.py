@@ -19,7 +19,7 @@ from tools import bibtex, citations, repository
 from tools.errors import DataError, SiteError
 from tools.site.charts import charts
 from tools.site.downloads import entries_by_key, papers_json
-from tools.site.explore import explore_data
+from tools.site.explore import explore_data, explore_summaries
 from tools.site.feed import atom_feed, newest_papers, paper_url, recently_added
 from tools.site.papers import authors_text, checked_url, paper_links, papers_under, related_papers
 from tools.site.pilots import RESULTS_DIR, ROOFLINE_RESULTS, STUDIES, extra_study, roofline_chart, study_runs
@@ -212,6 +212,8 @@ def plan(site: Site, config: SiteConfig) -> None:
     site.assets["feed.xml"] = atom_feed(repo, config.site_url, site_name)
     site.assets["assets/data/explore.json"] = json.dumps(explore_data(repo), ensure_ascii=False,
                                                           separators=(",", ":"))
+    site.assets["assets/data/summaries.json"] = json.dumps(explore_summaries(repo), ensure_ascii=False,
+                                                            separators=(",", ":"))
     site.studies = [study.slug for study in STUDIES] + extra
 
 

@@ -20,7 +20,7 @@
       return {
         id: raw[col.id], name: raw[col.name], title: raw[col.title], authors: raw[col.authors],
         year: raw[col.year], venue: raw[col.venue], nodes: nodes, facets: facets, code: raw[col.code] === 1,
-        key: raw[col.key], summary: raw[col.summary], stage: primary[0].split("/")[0], node: primary[0], nodeName: primary[1],
+        key: raw[col.key], stage: primary[0].split("/")[0], node: primary[0], nodeName: primary[1],
         hay: (raw[col.name] + " " + raw[col.title] + " " + raw[col.authors] + " " + raw[col.venue]).toLowerCase()
       };
     });
@@ -94,6 +94,26 @@
     return td;
   }
 
+  // Summaries are a separate file, fetched once, the first time a reader unfolds one.
+  var summaries = null;
+
+  function showSummary(event) {
+    var details = event.target;
+    if (!details.open || details.dataset.filled) return;
+    var root = document.getElementById("lvlm-explore");
+    summaries = summaries || fetch(root.dataset.summaries).then(function (response) {
+      if (!response.ok) throw new Error("summaries.json answered " + response.status);
+      return response.json();
+    });
+    summaries.then(function (byId) {
+      details.dataset.filled = "yes";
+      details.appendChild(document.createTextNode(byId[details.dataset.id] || ""));
+    }).catch(function (error) {
+      summaries = null;
+      details.appendChild(document.createTextNode("Could not load the summary: " + error.message));
+    });
+  }
+
   function renderRows(body, rows, papersBase) {
     var fragment = document.createDocumentFragment();
     rows.forEach(function (row) {
@@ -114,15 +134,14 @@
       authors.className = "lvlm-muted lvlm-explore__authors";
       authors.textContent = row.authors;
       work.appendChild(authors);
-      if (row.summary) {  // folded, so that a screen of rows stays a screen of rows
-        var details = document.createElement("details");
-        details.className = "lvlm-explore__summary";
-        var label = document.createElement("summary");
-        label.textContent = "Summary";
-        details.appendChild(label);
-        details.appendChild(document.createTextNode(row.summary));
-        work.appendChild(details);
-      }
+      var details = document.createElement("details");  // folded: a screen of rows stays a screen of rows
+      details.className = "lvlm-explore__summary";
+      details.dataset.id = row.id;
+      var label = document.createElement("summary");
+      label.textContent = "Summary";
+      details.appendChild(label);
+      details.addEventListener("toggle", showSummary);
+      work.appendChild(details);
       cell(tr, String(row.year));
       cell(tr, row.venue);
       cell(tr, row.nodeName);
