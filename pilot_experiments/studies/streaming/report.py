@@ -142,6 +142,16 @@ def notes(metrics: dict, cfg) -> str:
 MIN_FAR_QUESTIONS = 30  # below this, an accuracy difference of 0.1-0.2 is inside the sampling noise
 
 
+def _against(reference: str, short: str, n: int, accuracy: float, reference_accuracy: float, ratio: list | None,
+             reference_interval: list | None, verdict: str, chance: float) -> str:
+    """One verdict line: the hierarchical memory's far accuracy against a reference on the same questions."""
+    return (f"{verdict.upper()}: hierarchical far accuracy >= 80 % of {reference} on the same {n} questions: "
+            f"{accuracy:.2f} vs {reference_accuracy:.2f}"
+            + (f", ratio {ratio[0]:.2f} ({ratio[1]:.2f} to {ratio[2]:.2f})" if ratio else "")
+            + (f"; {short}'s own interval {reference_interval[0]:.2f} to {reference_interval[1]:.2f} against chance {chance:.2f}"
+               if reference_interval else ""))
+
+
 def verdicts(metrics: dict, preset: str) -> list[str]:
     """One line per target of the issue, with the margin by which it is met or missed; a smoke run gives none."""
     if preset == "smoke":
@@ -163,12 +173,9 @@ def verdicts(metrics: dict, preset: str) -> list[str]:
     fv = t.get("far_vs_full")
     chance = t.get("far_chance_rate")
     if fv and fv["full_far_accuracy"] is not None and fv["hierarchical_far_accuracy_same_questions"] is not None:
-        ratio = fv["ratio_interval"]
-        out.append(f"{fv['verdict'].upper()}: hierarchical far accuracy >= 80 % of the full cache's while it fits, on the same "
-                   f"{fv['n_far_questions']} questions: {fv['hierarchical_far_accuracy_same_questions']:.2f} vs {fv['full_far_accuracy']:.2f}"
-                   + (f", ratio {ratio[0]:.2f} ({ratio[1]:.2f} to {ratio[2]:.2f})" if ratio else "")
-                   + (f"; the full cache's own interval {fv['full_interval'][0]:.2f} to {fv['full_interval'][1]:.2f} against chance {chance:.2f}"
-                      if fv["full_interval"] else ""))
+        out.append(_against("the full cache's while it fits,", "the full cache", fv["n_far_questions"],
+                            fv["hierarchical_far_accuracy_same_questions"], fv["full_far_accuracy"], fv["ratio_interval"],
+                            fv["full_interval"], fv["verdict"], chance))
         say(fv["resident_ratio_full_over_hierarchical"] >= 10,
             f">= 10x less resident KV than the full cache at {fv['frames_full_cache_holds']} frames: {fv['resident_ratio_full_over_hierarchical']:.1f}x "
             f"({fv['total_ratio_full_over_hierarchical']:.1f}x counting the long-term store)")
@@ -176,12 +183,8 @@ def verdicts(metrics: dict, preset: str) -> list[str]:
         say(None, "hierarchical vs full cache on far questions: no far question was asked while the full cache fitted")
     vo = t.get("far_vs_oracle", {}).get("hierarchical")
     if vo and vo["n"]:
-        ratio = vo["ratio_interval"]
-        out.append(f"{vo['verdict'].upper()}: hierarchical far accuracy >= 80 % of the oracle clip's (evidence frames + latest frames) on "
-                   f"the same {vo['n']} questions: {vo['accuracy']:.2f} vs {vo['oracle_accuracy']:.2f}"
-                   + (f", ratio {ratio[0]:.2f} ({ratio[1]:.2f} to {ratio[2]:.2f})" if ratio else "")
-                   + (f"; the oracle's own interval {vo['oracle_interval'][0]:.2f} to {vo['oracle_interval'][1]:.2f} against chance {chance:.2f}"
-                      if vo["oracle_interval"] else ""))
+        out.append(_against("the oracle clip's (evidence frames + latest frames)", "the oracle", vo["n"], vo["accuracy"],
+                            vo["oracle_accuracy"], vo["ratio_interval"], vo["oracle_interval"], vo["verdict"], chance))
     hw = t.get("hierarchical_over_windows")
     if hw:
         gap = hw["difference_interval"]
