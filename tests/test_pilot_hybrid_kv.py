@@ -253,3 +253,15 @@ def test_allocation_sums_exactly_and_respects_caps(holders, fraction):
 def test_allocation_refuses_more_than_exists():
     with pytest.raises(BudgetError):
         allocate(11, torch.ones(2), torch.tensor([5, 5]))
+
+
+def test_lookm_merges_block_by_block_into_the_same_targets(prefilled, monkeypatch):
+    """Evicted entries are compared with the kept ones a block at a time (no length x length matrix); the
+    block size changes nothing."""
+    from pilot_experiments.studies.hybrid_kv import policies as lookm_module
+
+    whole, _ = compressed(prefilled, LookM(0.2), compact=False)
+    monkeypatch.setattr(lookm_module, "MERGE_BLOCK", 3)
+    blocks, _ = compressed(prefilled, LookM(0.2), compact=False)
+    for a, b in zip(whole.layers, blocks.layers):
+        assert torch.equal(a.view().keys, b.view().keys) and torch.equal(a.view().valid, b.view().valid)

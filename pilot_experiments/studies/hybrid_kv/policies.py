@@ -121,6 +121,9 @@ def merge_entries(layer: LayerCache, source: torch.Tensor, target: torch.Tensor,
     layer.remove(torch.zeros_like(hot.valid).scatter_(2, source, real))
 
 
+MERGE_BLOCK = 1024  # evicted entries compared with the kept ones at a time: memory grows with kept entries, not L x L
+
+
 @dataclass
 class LookM(VisualBudgetPolicy):
     """Text-prior eviction: keeps all text and the visual entries the question attends to most,
@@ -138,13 +141,17 @@ class LookM(VisualBudgetPolicy):
         if self.merge == "none":
             return layer.keep(keep)
         hot = layer.view()
-        evicted = obs.visual & ~keep & hot.valid
-        kept_visual = obs.visual & keep & hot.valid
+        source, real = select_per_head(obs.visual & ~keep & hot.valid)
+        kept, kept_real = select_per_head(obs.visual & keep & hot.valid)
+        real &= kept_real.any(-1, keepdim=True)
         keys = F.normalize(hot.keys.float(), dim=-1)
-        similarity = (keys @ keys.transpose(-1, -2)).masked_fill(~kept_visual.unsqueeze(2), float("-inf"))
-        source, real = select_per_head(evicted)
-        real &= kept_visual.any(-1, keepdim=True)
-        target = similarity.argmax(-1).gather(2, source)
+        d = keys.shape[-1]
+        kept_keys = keys.gather(2, kept.unsqueeze(-1).expand(-1, -1, -1, d)).transpose(-1, -2)  # (b, h, d, k)
+        best = []  # cosine similarity of evicted to kept entries, a block of evicted entries at a time: no L x L matrix
+        for start in range(0, source.shape[-1], MERGE_BLOCK):
+            block = keys.gather(2, source[..., start:start + MERGE_BLOCK, None].expand(-1, -1, -1, d))
+            best.append((block @ kept_keys).masked_fill(~kept_real.unsqueeze(2), float("-inf")).argmax(-1))
+        target = kept.gather(2, torch.cat(best, dim=-1)) if best else source
         merge_entries(layer, source, target, real, pivotal=self.merge == "pivotal")
         layer.keep(keep)
 
