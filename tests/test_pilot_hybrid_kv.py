@@ -119,9 +119,9 @@ def test_question_agnostic_full_cache_answers_like_uncompressed_generation(untra
         untrained_draft.prefill(context, cache)
     obs = observe(tap, cache, window=4)
     shrunk, _, visual_kept, _ = study.compressed(cache, obs, FullCache(), compact=True, reserve=question.length + 13)
-    tokens, _, _ = study.respond(prompter, shrunk, question, 12)
+    tokens, _, _, moved = study.respond(prompter, shrunk, question, 12)
     with_start = prompter.prompt(ep, qa.question)
-    assert tokens == untrained_draft.generate(with_start, max_new_tokens=12) and visual_kept == 1.0
+    assert tokens == untrained_draft.generate(with_start, max_new_tokens=12) and visual_kept == 1.0 and moved == 0
 
 
 def test_a_later_turn_continues_the_positions_after_the_first_answer(untrained_draft, prefilled):
@@ -131,6 +131,16 @@ def test_a_later_turn_continues_the_positions_after_the_first_answer(untrained_d
     later = study.shifted(question, 100, prompter.backend, [TOK.eos_id])
     assert later.positions[0].tolist() == list(range(100, 101 + question.length))
     assert later.token_ids[0].tolist() == [TOK.eos_id] + question.token_ids[0].tolist()
+
+
+def test_hybrid_counts_the_bytes_it_copies_back_from_the_offload_store(untrained_draft, prefilled):
+    cache, _ = compressed(prefilled, Hybrid(0.2, chunk=8, dynamic_fraction=1.0), compact=True)
+    layers = [layer for layer in cache.layers if isinstance(layer, RetrievalLayerCache)]
+    assert layers and all(layer.moved_bytes == 0 for layer in layers)
+    decode(untrained_draft, cache, steps=2)
+    for layer in layers:  # every step copies each dynamic head's budget of retrieved entries, keys and values
+        entries = int(layer.budgets[layer.dyn].sum()) * layer.batch
+        assert layer.moved_bytes == 2 * entries * 2 * layer.head_dim * torch.finfo(layer.dtype).bits // 8
 
 
 def test_full_cache_logits_equal_the_untouched_cache(untrained_draft, prefilled):

@@ -41,6 +41,8 @@ def test_compressed_methods_keep_their_budget_and_less_memory(smoke_results):
         assert row["KV total KiB"] >= row["KV resident KiB"] and row["total reduction x"] <= row["KV reduction x"]
     hybrid = next(r for r in payload["rows"] if r["method"] == "Hybrid")
     assert hybrid["offloaded KiB"] > 0 and hybrid["total reduction x"] < hybrid["KV reduction x"]
+    # Only Hybrid copies chunks back from its offload store, at every decode step.
+    assert hybrid["moved KiB/step"] > 0 and all(r["moved KiB/step"] == 0 for r in payload["rows"] if r["method"] != "Hybrid")
     timing = payload["metrics"]["results"]["Hybrid@0.2"]["latency"]["compacted"]
     assert timing["rounds"] == 1 and timing["tpot_iqr_ms"][0] <= timing["tpot_ms"] <= timing["tpot_iqr_ms"][1]
     targets = payload["metrics"]["targets"]

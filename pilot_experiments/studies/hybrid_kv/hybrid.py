@@ -56,6 +56,7 @@ class RetrievalLayerCache(LayerCache):
         self.cold: dict[str, torch.Tensor | QuantBlock] | None = None  # set by `compact`
         self.work_start: torch.Tensor | None = None  # (batch, n_dyn) first working slot
         self.work_region: torch.Tensor | None = None  # (batch, kv_heads, n) working slots
+        self.moved_bytes = 0  # copied from the offload store into the working slots so far (host-to-device on a GPU)
 
     # -- chunk bookkeeping --------------------------------------------------------------------
     def _chunk_view(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +111,8 @@ class RetrievalLayerCache(LayerCache):
         """Copy the taken entries from the offload store into each dynamic head's working slots."""
         index, real = select_per_head(taken)
         wk, wv = self._cold_entries(ranked.gather(2, index))
+        value_bits = self.cold_bits or torch.finfo(self.dtype).bits
+        self.moved_bytes += int(real.sum()) * 2 * self.head_dim * value_bits // 8  # keys and values, as stored
         slots = self.work_start.unsqueeze(-1) + torch.arange(index.shape[2], device=self.device)
         for name, src in (("keys", wk), ("values", wv)):
             t = getattr(self.hot, name)[:, self.dyn]

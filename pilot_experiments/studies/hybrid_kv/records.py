@@ -51,6 +51,7 @@ class Answer:
     bytes: dict[str, int]
     visual_kept: float
     total_kept: float
+    moved_per_step: float = 0.0  # bytes copied back from the offload store per decode step
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Tally:
     bytes: dict[str, list[int]] = field(default_factory=dict)
     visual_kept: list[float] = field(default_factory=list)
     total_kept: list[float] = field(default_factory=list)
+    moved_per_step: list[float] = field(default_factory=list)
     outputs: list[list[int]] = field(default_factory=list)  # answer tokens, in item order
 
     def add(self, family: str, kind: str, value: float, ans: Answer) -> None:
@@ -75,3 +77,4 @@ class Tally:
             self.bytes.setdefault(k, []).append(v)
         self.visual_kept.append(ans.visual_kept)
         self.total_kept.append(ans.total_kept)
+        self.moved_per_step.append(ans.moved_per_step)

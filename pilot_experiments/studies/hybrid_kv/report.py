@@ -64,7 +64,7 @@ def _summary(tally: Tally, full: Tally) -> dict:
         "visual_kept": _mean(tally.visual_kept), "total_kept": _mean(tally.total_kept),
         "resident_bytes": _mean(tally.bytes["prompt_resident"]), "allocated_bytes": _mean(tally.bytes["resident"]),
         "logical_bytes": _mean(tally.bytes["logical"]),
-        "offloaded_bytes": _mean(tally.bytes["offloaded"]),
+        "offloaded_bytes": _mean(tally.bytes["offloaded"]), "moved_bytes_per_step": _mean(tally.moved_per_step),
         "eval_step_ms": statistics.median(tally.step_ms), "compress_ms": statistics.median(tally.compress_ms),
     }
 
@@ -96,6 +96,7 @@ def build(cfg: HybridKVConfig, by_protocol: dict[str, dict], timings: dict, head
             "KV total KiB": (s["resident_bytes"] + s["offloaded_bytes"]) / 1024,
             "total reduction x": _ratio(full["resident_bytes"] + full["offloaded_bytes"],
                                         s["resident_bytes"] + s["offloaded_bytes"]),
+            "moved KiB/step": s["moved_bytes_per_step"] / 1024,
             "long-ctx resident KiB masked": lat_m["prompt_resident_bytes"] / 1024,
             "long-ctx resident KiB compacted": lat_c["prompt_resident_bytes"] / 1024,
             "TPOT ms masked": lat_m["tpot_ms"], "TPOT ms compacted": lat_c["tpot_ms"],
@@ -245,7 +246,9 @@ def _notes(cfg: HybridKVConfig, summary: dict, timings: dict, targets: dict, pro
         "whole answer are decoded under the compressed cache. At 100 % every policy keeps every entry, so only the full cache is run there "
         "(the tests check that each policy at 100 % reproduces the full cache's logits). KV resident = bytes the compressed "
         "prompt's KV tensors occupy on the compute device after the first decode step (retrieval working slots and chunk mean "
-        "keys included, the equal decode reserve excluded); logical = bytes of what one decode step attends. Masked = the "
+        "keys included, the equal decode reserve excluded); logical = bytes of what one decode step attends; offloaded = bytes "
+        "kept in the offload store (host memory on a GPU run); moved = bytes copied back from it into the working slots per "
+        "decode step (host-to-device traffic on a GPU: Hybrid copies its retrieved chunks at every step). Masked = the "
         "per-head mask only (kvpress AdaKV style, no memory saved); compacted = gathered to the per-layer maximum."
         + (" CPU timings: one thread on a machine shared with other jobs, so latencies are noisy and the GPU latency target "
            "cannot be judged from them." if not cfg.device.startswith("cuda") else ""),

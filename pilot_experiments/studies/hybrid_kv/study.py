@@ -118,13 +118,20 @@ def compressed(cache: KVCache, obs: Observation, policy: Policy, *, compact: boo
     return (cache, compress_s, *kept_fractions(cache, obs, prompt_length))
 
 
+def moved_bytes(cache: KVCache) -> int:
+    """Bytes copied so far from the offload store back to the compute device (Hybrid's retrieved chunks)."""
+    return sum(layer.moved_bytes for layer in cache.layers if isinstance(layer, RetrievalLayerCache))
+
+
 @torch.no_grad()
-def respond(prompter: Prompter, cache: KVCache, question: Inputs | None, max_new: int) -> tuple[list[int], list[float], dict]:
+def respond(prompter: Prompter, cache: KVCache, question: Inputs | None, max_new: int) -> tuple[list[int], list[float], dict, float]:
     """Prefill `question` (if any) onto the compressed `cache`, then decode the answer start (`<ans>` for the reference
-    LVLM) and the answer greedily: the answer tokens, each decode step's seconds and the cache's bytes."""
+    LVLM) and the answer greedily: the answer tokens, each decode step's seconds, the cache's bytes, and the bytes
+    copied back from the offload store per decode step."""
     backend = prompter.backend
     if question is not None:
         backend.prefill(question, cache)
+    moved = moved_bytes(cache)
     token, out, steps, sizes = prompter.answer_start, [], [], None
     for _ in range(max_new):
         begun = time.perf_counter()
@@ -136,15 +143,15 @@ def respond(prompter: Prompter, cache: KVCache, question: Inputs | None, max_new
         if token == prompter.eos:
             break
         out.append(token)
-    return out, steps, sizes
+    return out, steps, sizes, (moved_bytes(cache) - moved) / len(steps)
 
 
 @torch.no_grad()
 def answer(prompter: Prompter, cache: KVCache, obs: Observation, policy: Policy, *, compact: bool, max_new: int) -> Answer:
     """Question-aware: compress a copy of the prefilled prompt's `cache` (question included) and answer."""
     cache, compress_s, visual_kept, total_kept = compressed(cache, obs, policy, compact=compact, reserve=max_new + 1)
-    tokens, steps, sizes = respond(prompter, cache, None, max_new)
-    return Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept)
+    tokens, steps, sizes, moved = respond(prompter, cache, None, max_new)
+    return Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept, moved)
 
 
 def split_prompt(inputs: Inputs) -> tuple[Inputs, Inputs]:
@@ -237,20 +244,20 @@ def agnostic(prompter: Prompter, cfg: HybridKVConfig, head_scores: torch.Tensor,
 
         if "question-agnostic" in tallies:
             for qa, question, max_new in zip(ep.qas, questions, limits):
-                tokens, steps, sizes = respond(prompter, fresh(), question, max_new)
+                tokens, steps, sizes, moved = respond(prompter, fresh(), question, max_new)
                 tallies["question-agnostic"][(method, budget)].add(
                     family, qa.kind, score(qa.kind, prompter.words(tokens), qa.answer),
-                    Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept))
+                    Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept, moved))
         if "multi-turn" in tallies:
             for first in range(0, len(ep.qas) - 1, 2):
                 turn = fresh()
                 respond(prompter, turn, questions[first], limits[first])
                 second = shifted(questions[first + 1], int(turn.next_position[0]), backend, [prompter.eos])
                 qa = ep.qas[first + 1]
-                tokens, steps, sizes = respond(prompter, turn, second, limits[first + 1])
+                tokens, steps, sizes, moved = respond(prompter, turn, second, limits[first + 1])
                 tallies["multi-turn"][(method, budget)].add(
                     family, qa.kind, score(qa.kind, prompter.words(tokens), qa.answer),
-                    Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept))
+                    Answer(tokens, steps, compress_s, sizes, visual_kept, total_kept, moved))
 
 
 @torch.no_grad()
