@@ -250,6 +250,10 @@ def test_smoke_study_writes_results(model, tmp_path):
     assert set(policies) == {"full", "window", "sinks+window", "frame-budget", "infinipot", "hierarchical"}
     assert policies["full"]["out_of_budget_at"] is not None  # the smoke budget is below 50 full frames
     assert policies["hierarchical"]["resident_mib_final"] < policies["full"]["resident_mib_peak"]
+    # Only the hierarchical memory brings chunks back from a long-term store when a question comes.
+    assert all(policies[n]["moved_kib_per_question"] in (0, None) for n in policies if n != "hierarchical")
+    asked = [a for a in policies["hierarchical"]["answers"] if a["retrieved"] is not None]
+    assert policies["hierarchical"]["moved_kib_per_question"] > 0 or not asked
     assert (tmp_path / "streaming" / "smoke-cpu.svg").exists() and "KV MiB" in (tmp_path / "streaming" / "smoke-cpu.md").read_text()
     page = (tmp_path / "streaming" / "smoke-cpu.md").read_text()
     assert "No verdicts: a smoke run" in page and "MET:" not in page and "MISSED:" not in page

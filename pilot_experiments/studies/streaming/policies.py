@@ -63,6 +63,11 @@ class StreamPolicy:
         """Bytes held outside the working cache (none for most policies)."""
         return 0
 
+    def retrieved_bytes(self) -> int:
+        """Bytes the last `question_cache` brought back from the long-term store (as stored; host-to-device on a
+        GPU): none for most policies."""
+        return 0
+
     def reserve(self, frame_entries: int) -> int:
         """Free slots to leave after each compaction: one frame by default, so that the next
         frame is appended without reallocating."""
@@ -319,6 +324,9 @@ class HierarchicalMemory(StreamPolicy):
     def long_term_bytes(self) -> int:
         pending = sum(s.nbytes() for _, stores, _ in self._pending for s in stores)
         return sum(c.nbytes() for c in self.chunks) + pending
+
+    def retrieved_bytes(self) -> int:
+        return sum(c.nbytes() for c in self.last_retrieved)
 
     # -- retrieval --------------------------------------------------------------------------------
     def relevance(self, memory: StreamMemory, question_ids: list[int]) -> torch.Tensor:

@@ -28,6 +28,7 @@ def rows(runs: dict[str, dict]) -> list[dict]:
             "ms/frame median": r["latency_ms_median"],
             "ms/frame P99": r["latency_ms_p99"],
             "TTFT ms median": r["ttft_ms_median"],
+            "moved KiB/question": r["moved_kib_per_question"] if r["moved_kib_per_question"] is not None else "–",
         }
         for b in BINS:
             acc = r["accuracy"][b]
@@ -88,6 +89,8 @@ def notes(metrics: dict, cfg) -> str:
             + (f"Model: `{m['size']}` trained with preset `{m['train_preset']}`; on the substrate's own test split (6-frame clips) it scores "
              f"{_quality(m['test_metrics'])}. " if "size" in m else f"Model: checkpoint `{m['checkpoint']}` ({m['params']:,} parameters), not trained on SynthVis. ")
             + f"Memory budget {cfg.memory_budget_mib:g} MiB of KV per policy. "
+            "`moved KiB/question`: what a question brings back from the long-term store (int8 chunks, as stored; "
+            "host-to-device traffic on a GPU). "
             f"Working caches of the bounded policies hold about {cfg.sink_tokens} sink entries + {cfg.window_frames} frames."
         ),
         "",

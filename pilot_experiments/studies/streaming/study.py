@@ -129,6 +129,7 @@ class QuestionResult:
     ttft_s: float
     evidence_in_cache: bool
     retrieved: bool | None = None
+    moved_bytes: int = 0  # brought back from the long-term store for this question
 
     @property
     def correct(self) -> bool:
@@ -197,7 +198,7 @@ def ask(policy: StreamPolicy, memory: StreamMemory, stream: FrameStream, q: Stre
     retrieved = None
     if isinstance(policy, HierarchicalMemory) and not evidence_held(stream, q, memory.frames(), memory.patch):
         retrieved = held  # the evidence had left the working cache: did retrieval bring it back?
-    return QuestionResult(q, words, first - start, held, retrieved)
+    return QuestionResult(q, words, first - start, held, retrieved, policy.retrieved_bytes())
 
 
 @torch.no_grad()
@@ -263,6 +264,7 @@ def summarise(run: PolicyRun, cfg: StreamingConfig) -> dict:
         "long_term_mib_final": run.samples[-1]["long_term"] / MIB,
         "peak_kv_mib": max(s["resident"] + s["long_term"] for s in run.samples) / MIB,
         "ttft_ms_median": _quantile([r.ttft_s * 1e3 for r in run.answers], 0.5),
+        "moved_kib_per_question": _mean([r.moved_bytes / 1024 for r in run.answers]),
         "accuracy": by_bin,
         "retrieval_hit_rate": float(np.mean(retrieved)) if retrieved else None,
         "series": {k: [s[k] for s in run.samples] for k in ("frame", "resident", "long_term", "entries")},
