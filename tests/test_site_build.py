@@ -426,3 +426,38 @@ def test_a_run_older_than_its_code_is_flagged(tmp_path) -> None:
     later = commits_since(tmp_path, results_commit, ("study.py",))
     assert len(later) == 1 and later[0].endswith("change the study")
     assert commits_since(tmp_path, "0" * 40, ("study.py",)) is None  # a commit this clone does not have
+
+
+def test_a_results_page_says_which_verdicts_changed_since_the_previous_run(tmp_path) -> None:
+    from tools.site.pilots import conclusion_changes
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    def write(targets: dict) -> dict:
+        record = {"metrics": {"targets": targets}}
+        path.write_text(json.dumps(record), encoding="utf-8")
+        return record
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "T")
+    root = tmp_path / "site-data"  # the site's data root need not be the repository's root
+    root.mkdir()
+    path = root / "cpu-cpu.json"
+    first = write({"speed": {"met": True}, "gone": {"verdict": "met"}, "far": {"hier": {"verdict": "missed"}}})
+    assert conclusion_changes(root, path, first) is None  # not committed yet: no previous version
+    git("add", "site-data/cpu-cpu.json")
+    git("commit", "-qm", "first run")
+    assert conclusion_changes(root, path, first) is None  # the only committed version is the one on disk
+    second = write({"speed": {"verdict": "not resolved"}, "far": {"hier": {"verdict": "missed"}}, "new": {"verdict": "met"}})
+    changes = conclusion_changes(root, path, second)  # an uncommitted re-run: compared with HEAD's version
+    assert changes.previous == git("rev-parse", "--short", "HEAD")
+    assert changes.lines == ["speed: met → not resolved", "new: met (not judged this way before)",
+                             "gone: no longer judged (was met)"]
+    git("commit", "-qam", "second run")
+    assert conclusion_changes(root, path, second).lines == changes.lines  # committed: against the run before
+    unchanged = conclusion_changes(root, path, second)
+    git("commit", "-q", "--allow-empty", "-m", "unrelated")
+    assert conclusion_changes(root, path, second) == unchanged

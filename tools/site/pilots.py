@@ -125,6 +125,15 @@ class StudyRun:
     images: list[Plot]
     stale: str | None
     on_cpu: bool
+    changes: Changes | None = None
+
+
+@dataclass(frozen=True)
+class Changes:
+    """How a run's verdicts differ from those of the results file's previous committed version."""
+
+    previous: str  # that version's commit
+    lines: list[str]  # "target: old -> new"; empty when no verdict changed
 
 
 RUN_FACTS = ("study", "preset", "device", "device_name", "torch", "torch_version", "git_commit", "commit", "seed",
@@ -143,6 +152,62 @@ def split_results(html: str) -> tuple[str, str | None]:
     end += len("</table></div>")
     rest = html[end:].strip()
     return html[:end], rest or None
+
+
+def verdicts(value: Any, path: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every verdict under a results record's targets, by the path of keys that leads to it: a `verdict` string, or
+    (results written before verdicts were three-valued) a `met` true or false."""
+    if not isinstance(value, dict):
+        return {}
+    found = {}
+    if isinstance(value.get("verdict"), str):
+        found[".".join(path)] = value["verdict"]
+    elif isinstance(value.get("met"), bool):
+        found[".".join(path)] = "met" if value["met"] else "missed"
+    for key, item in value.items():
+        found.update(verdicts(item, (*path, str(key))))
+    return found
+
+
+def previous_version(root: Path, path: Path) -> tuple[str, dict] | None:
+    """The commit and content of the version of results file `path` before the one on disk: HEAD's if the file
+    differs from it, else the one before HEAD's last change to it. None without git history or a previous version."""
+    def git(*args: str) -> str | None:
+        try:
+            result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return result.stdout if result.returncode == 0 else None
+
+    relative = path.relative_to(root).as_posix()
+    commits = (git("log", "--format=%h", "-n", "2", "--", relative) or "").split()
+    if not commits:
+        return None
+    if git("show", f"{commits[0]}:./{relative}") != path.read_text(encoding="utf-8"):
+        chosen = commits[0]  # the file on disk is a new, uncommitted run
+    elif len(commits) > 1:
+        chosen = commits[1]
+    else:
+        return None
+    text = git("show", f"{chosen}:./{relative}")
+    try:
+        return (chosen, json.loads(text)) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def conclusion_changes(root: Path, path: Path, record: dict) -> Changes | None:
+    """What changed in the conclusions since the file's previous version: verdicts that moved, appeared or went."""
+    previous = previous_version(root, path)
+    if previous is None:
+        return None
+    commit, old_record = previous
+    old = verdicts(old_record.get("metrics", {}).get("targets") if isinstance(old_record, dict) else None)
+    new = verdicts(record.get("metrics", {}).get("targets"))
+    lines = [f"{key}: {old[key]} → {value}" for key, value in new.items() if key in old and old[key] != value]
+    lines += [f"{key}: {value} (not judged this way before)" for key, value in new.items() if key not in old]
+    lines += [f"{key}: no longer judged (was {value})" for key, value in old.items() if key not in new]
+    return Changes(commit, lines)
 
 
 def commits_since(root: Path, commit: str, paths: tuple[str, ...]) -> list[str] | None:
@@ -208,8 +273,9 @@ def study_runs(root: Path, folder_name: str, code: tuple[str, ...] = ()) -> tupl
         stale = (f"{len(later)} later commit{'s' if len(later) != 1 else ''} changed the code this run documents "
                  f"(results from {commit[:12]}; the latest: {later[0][:90]}); check whether it matters, or re-run "
                  "the study") if later else None
+        changes = conclusion_changes(root, json_path, record) if json_path.is_file() and record else None
         runs.append(StudyRun(stem, facts, glance_of(record), headline, rest, json_asset, images, stale,
-                             str(record.get("device", "")).lower().startswith("cpu")))
+                             str(record.get("device", "")).lower().startswith("cpu"), changes))
     for image in images_by_stem.get("", []):
         runs.append(StudyRun(image.stem, [], [], None, None, None, [publish_plot(image, folder_name, assets)], None,
                              False))
