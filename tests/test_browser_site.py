@@ -205,6 +205,38 @@ def test_explore_text_filter_and_sorting(site, tab):
     assert "order=asc" in tab.page.url
 
 
+def test_a_results_table_sorts_by_the_clicked_column_both_ways(tab):
+    tab.open("results/llava-1-5-7b-64-visual-tokens/")
+    tab.page.wait_for_selector("table.lvlm-sortable th button.lvlm-sort")
+
+    def methods() -> list[str]:
+        return [name.split(" (")[0] for name in
+                tab.page.locator("table.lvlm-results tbody tr td:first-child").all_text_contents()]
+
+    assert methods() == ["DivPrune", "VisionZip", "SparseVLM", "FastV"]  # by retention, as generated
+    gqa = tab.page.locator("table.lvlm-results th", has_text="GQA")
+    gqa.locator("button").click()  # a number column: highest first
+    assert methods() == ["DivPrune", "VisionZip", "SparseVLM", "FastV"]
+    assert gqa.get_attribute("aria-sort") == "descending"
+    gqa.locator("button").click()
+    assert methods() == ["FastV", "SparseVLM", "VisionZip", "DivPrune"]
+    mme = tab.page.locator("table.lvlm-results th", has_text="MME")
+    mme.locator("button").click()  # rows without an MME number stay last, in their previous order
+    assert methods() == ["VisionZip", "SparseVLM", "FastV", "DivPrune"]
+    tab.page.locator("table.lvlm-results th", has_text="Method").locator("button").click()
+    assert methods() == ["DivPrune", "FastV", "SparseVLM", "VisionZip"]
+
+
+def test_explore_filters_the_papers_with_reported_results(site, tab):
+    tab.open("explore/?results=1")
+    tab.explore_ready()
+    with_results = sorted(p.id for p in site.repo.papers if p.results)
+    assert tab.page.is_checked("input[name=results]")
+    assert tab.page.text_content("#lvlm-count") == str(len(with_results))
+    links = tab.page.locator("#lvlm-rows tr td:first-child a").evaluate_all("els => els.map(a => a.href)")
+    assert sorted(link.rstrip("/").rsplit("/", 1)[1] for link in links) == with_results
+
+
 def test_a_shared_explore_link_keeps_its_filter_and_opens_no_search_overlay(site, tab):
     tab.open("explore/?text=kv+cache&stage=decoding")
     tab.explore_ready()
@@ -306,7 +338,7 @@ def test_instant_navigation_to_explore_fills_the_table(site, tab):
 
 PAGES = ["", "taxonomy/", "taxonomy/decoding/kv-cache-compression/", "papers/fastv-2024/", "explore/",
          "statistics/", "recent/", "benchmarks/", "pilots/", "pilots/serving/", "pilots/hybrid-kv/", "roofline/",
-         "contributing/", "cite/", "downloads/"]
+         "contributing/", "cite/", "downloads/", "results/", "results/llava-1-5-7b-64-visual-tokens/"]
 
 
 @pytest.mark.parametrize("path", PAGES)

@@ -292,7 +292,7 @@ def test_paper_template_shows_any_title_as_text(title):
     env = pages.template_environment(ROOT)
     html = env.get_template("paper.html").render(
         repo=repo, under={}, stages=[], counts={}, paper=paper, placements=[], facets=[], links=[],
-        authors="A B", bibtex="@misc{x}", csl="{}", ris="TY  - GEN", same_node=[], similar=[],
+        authors="A B", bibtex="@misc{x}", csl="{}", ris="TY  - GEN", same_node=[], similar=[], results=[],
         link=lambda target: target,
         repo_url="",
     )
@@ -461,3 +461,65 @@ def test_a_results_page_says_which_verdicts_changed_since_the_previous_run(tmp_p
     unchanged = conclusion_changes(root, path, second)
     git("commit", "-q", "--allow-empty", "-m", "unrelated")
     assert conclusion_changes(root, path, second) == unchanged
+
+
+def result_rows(html: str) -> list[list[str]]:
+    """The body rows of the first results table of a page, as the text of each cell."""
+    body = html.split('<table class="lvlm-results', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
+
+
+def test_a_results_page_ranks_one_settings_methods_by_retention_and_links_each_number(site):
+    html = site.html("results/llava-1-5-7b-64-visual-tokens/")
+    rows = result_rows(html)
+    # Columns: method, GQA, MME (score), POPE, retention, prefill, hardware, source. Retention is the mean of
+    # value / baseline over the row's own benchmarks: DivPrune (57.6/61.9 + 85.1/85.9) / 2 = 96.1 %.
+    assert [row[0] for row in rows] == ["DivPrune", "VisionZip", "SparseVLM", "FastV (reported by DivPrune)"]
+    assert rows[0][1:5] == ["57.6", "–", "85.1", "96.1 %"]
+    assert rows[1][1:7] == ["55.1", "1690", "–", "89.9 %", "45", "A100"]
+    assert rows[3][4] == "74.5 %"
+    assert html.count('href="https://example.org/fixture/table-1"') >= 3  # VisionZip's numbers and its source
+    assert 'class="lvlm-results lvlm-sortable"' in html
+    assert 'data-value="57.6"' in html
+    for theme in ("light", "dark"):  # the model's Pareto chart: five budget-only rows at 64 and 192 tokens
+        svg = site.site_dir / "assets" / "charts" / f"pareto-llava-1-5-7b-visual-tokens-{theme}.svg"
+        assert "<svg" in svg.read_text(encoding="utf-8")
+        assert f"pareto-llava-1-5-7b-visual-tokens-{theme}.svg#only-{theme}" in html
+
+
+def test_the_results_index_lists_every_setting_with_its_best_retention(site):
+    text = " ".join(parse(site.html("results/")).text)
+    assert "Numbers as reported" in text
+    assert "5 methods with 6 result rows (11 numbers) in 3 settings" in " ".join(text.split())
+    html = site.html("results/")
+    for setting in ("llava-1-5-7b-64-visual-tokens", "llava-1-5-7b-192-visual-tokens",
+                    "llava-1-5-7b-gamma-5-t-0"):
+        assert f'href="{setting}/"' in html or f'href="./{setting}/"' in html, setting
+    speculative = result_rows(site.html("results/llava-1-5-7b-gamma-5-t-0/"))
+    assert speculative == [["Spec-LLaVA", "2.5", "3.1", "–", "example.org: Table 4"]]
+
+
+def test_a_paper_page_shows_its_reported_results(site):
+    rows = result_rows(site.html("papers/visionzip-2024/"))
+    assert [row[:2] for row in rows] == [["LLaVA-1.5-7B", "64 visual tokens"], ["LLaVA-1.5-7B", "192 visual tokens"]]
+    assert rows[0][2] == "GQA 55.1 (61.9); MME (score) 1690 (1862)"
+    assert "reported by" in " ".join(" ".join(r) for r in result_rows(site.html("papers/fastv-2024/")))
+    assert "lvlm-results" not in site.html("papers/mmmu-2024/")
+
+
+def test_results_downloads_hold_one_record_per_reported_number(site):
+    import csv
+    import io
+
+    records = list(csv.DictReader(io.StringIO((site.site_dir / "results.csv").read_text(encoding="utf-8"))))
+    assert len(records) == 11
+    fastv = next(r for r in records if r["paper"] == "fastv-2024")
+    assert (fastv["model"], fastv["visual_tokens"], fastv["benchmark"], fastv["value"], fastv["baseline"],
+            fastv["reported_by"]) == ("LLaVA-1.5-7B", "64", "GQA", "46.1", "61.9", "divprune-2025")
+    data = json.loads((site.site_dir / "results.json").read_text(encoding="utf-8"))
+    assert len(data["results"]) == 11 and "own protocol" in data["note"]
+    explore = json.loads((site.site_dir / "assets" / "data" / "explore.json").read_text(encoding="utf-8"))
+    column = explore["columns"].index("results")
+    flagged = {row[0] for row in explore["rows"] if row[column]}
+    assert flagged == {"visionzip-2024", "sparsevlm-2024", "divprune-2025", "fastv-2024", "spec-llava-2025"}

@@ -85,6 +85,15 @@ EXPECTED = {
     "announced-after-added": "papers/announced-after-added.yaml:22: announced: 2026-12-01 is after added "
                              "(2026-11-21)",
     "duplicate-key": "papers/duplicate-key.yaml:10: title: appears twice; YAML keeps only the last one",
+    "result-without-source": "papers/result-without-source.yaml:25: results.0.source: is required but missing",
+    "result-unknown-benchmark": "papers/result-unknown-benchmark.yaml:29: results.0.scores.1.benchmark: 'MMBanch' "
+                                "is not in taxonomy/vocabulary.yaml; did you mean 'MMBench'?",
+    "result-out-of-range": "papers/result-out-of-range.yaml:29: results.0.scores.1: value 1721 is outside 0-100, "
+                           "the range of metric 'accuracy'",
+    "result-without-baseline": "papers/result-without-baseline.yaml:28: results.0.scores.0: GQA: 'baseline' is "
+                               "missing",
+    "result-unknown-reporter": "papers/result-unknown-reporter.yaml:30: results.0.reported_by: 'fastv-2042' is not "
+                               "the id of a paper file; did you mean 'fastv-2024'?",
     # Duplicates of the valid fixture papers/fastv-2024.yaml: the later file in name order is the one reported.
     "duplicate-arxiv": "papers/fastv-2024.yaml:16: arxiv: '2403.06764' is already used by papers/duplicate-arxiv.yaml",
     "duplicate-doi": "papers/fastv-2024.yaml:17: doi: '10.1007/978-3-031-73004-7_2' is already used by "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from tools.errors import display_path
+from tools.files import write_atomically
 from tools.loading import load_taxonomy
 from tools.repository import load_repository
 from tools.scaffold import check_node, duplicate_of, existing_papers, make_draft, write_drafts
@@ -35,18 +34,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imported.add_argument("file", type=Path, metavar="FILE", help="the .bib file")
     imported.add_argument("--node", metavar="NODE", help="taxonomy node to place every imported paper under")
     imported.set_defaults(run=run_import)
-
-
-def write_atomically(target: Path, text: str) -> None:
-    """Write through a temporary file in the same folder, so a failure never leaves half a file."""
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def run_export(args: argparse.Namespace) -> int:

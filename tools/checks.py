@@ -36,6 +36,7 @@ def check_papers(loaded: list[LoadedPaper], nodes: dict[str, PlacedNode],
         errors += check_placement(record, nodes)
         errors += check_vocabulary(record, spellings)
     errors += check_unique(loaded, "id", lambda p: p.id)
+    errors += check_reported_by(loaded)
     errors += check_unique(loaded, "arxiv", lambda p: p.arxiv)
     errors += check_unique(loaded, "doi", lambda p: p.doi.lower() if p.doi else None)
     same_titles, close_titles = check_titles(loaded)
@@ -100,22 +101,49 @@ VOCABULARY_FIELDS = ("models", "benchmarks")
 
 
 def check_vocabulary(record: LoadedPaper, spellings: dict[str, dict[str, str]]) -> list[Problem]:
-    """Each model and benchmark is written in its one canonical spelling from taxonomy/vocabulary.yaml."""
+    """Each model and benchmark, in the lists and in the reported results, is written in its one canonical
+    spelling from taxonomy/vocabulary.yaml."""
+    named: list[tuple[str, tuple[str | int, ...], str]] = [
+        (field, (field, index), name)
+        for field in VOCABULARY_FIELDS for index, name in enumerate(getattr(record.paper, field))]
+    for row, result in enumerate(record.paper.results):
+        named.append(("models", ("results", row, "model"), result.model))
+        named += [("benchmarks", ("results", row, "scores", index, "benchmark"), score.benchmark)
+                  for index, score in enumerate(result.scores)]
     problems = []
-    for field in VOCABULARY_FIELDS:
+    for field, loc, name in named:
         known = spellings[field]
-        for index, name in enumerate(getattr(record.paper, field)):
-            canonical = known.get(name.casefold())
-            if canonical == name:
+        canonical = known.get(name.casefold())
+        if canonical == name:
+            continue
+        if canonical:
+            message = f"'{name}' is written '{canonical}' here; use that spelling"
+        else:
+            close = difflib.get_close_matches(name, sorted(set(known.values())), n=1, cutoff=0.8)
+            hint = f"did you mean '{close[0]}'? If not, " if close else ""
+            message = (f"'{name}' is not in taxonomy/vocabulary.yaml; {hint}add it there under "
+                       f"{field} (with its aliases)")
+        problems.append(_problem(record, loc, message))
+    return problems
+
+
+def check_reported_by(loaded: list[LoadedPaper]) -> list[Problem]:
+    """A result reprinted from another paper's table names that paper by the id of its file."""
+    ids = {record.paper.id for record in loaded}
+    problems = []
+    for record in loaded:
+        for row, result in enumerate(record.paper.results):
+            if result.reported_by is None:
                 continue
-            if canonical:
-                message = f"'{name}' is written '{canonical}' here; use that spelling"
+            if result.reported_by == record.paper.id:
+                message = "names the paper itself; leave 'reported_by' out for the paper's own table"
+            elif result.reported_by not in ids:
+                close = difflib.get_close_matches(result.reported_by, sorted(ids), n=1, cutoff=0.8)
+                hint = f"did you mean '{close[0]}'?" if close else "add that paper first, or leave the row out"
+                message = f"'{result.reported_by}' is not the id of a paper file; {hint}"
             else:
-                close = difflib.get_close_matches(name, sorted(set(known.values())), n=1, cutoff=0.8)
-                hint = f"did you mean '{close[0]}'? If not, " if close else ""
-                message = (f"'{name}' is not in taxonomy/vocabulary.yaml; {hint}add it there under "
-                           f"{field} (with its aliases)")
-            problems.append(_problem(record, (field, index), message))
+                continue
+            problems.append(_problem(record, ("results", row, "reported_by"), message))
     return problems
 
 

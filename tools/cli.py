@@ -16,6 +16,7 @@ VERB_MODULES = [
     "tools.schema",
     "tools.new",
     "tools.bibtex_cli",
+    "tools.results_cli",
     "tools.readme",
     "tools.stats",
     "tools.bench",

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    PositiveInt,
     StringConstraints,
     field_validator,
     model_validator,
@@ -113,6 +114,171 @@ class Source(str, Enum):
 SURVEY_SOURCES = frozenset(source.value for source in Source) - {Source.peer_list.value, Source.community.value}
 
 
+class Metric(str, Enum):
+    """What a reported number measures; the range each may take is in `METRIC_RANGES`."""
+
+    accuracy = "accuracy"  # percent (accuracy, F1), 0-100, higher is better
+    score = "score"  # a benchmark's own points, e.g. MME's perception total
+    cider = "cider"  # CIDEr, for captioning
+    speedup = "speedup"  # times faster than plain decoding or the uncompressed model (x)
+    accepted_length = "accepted-length"  # tokens accepted per verification step (tau), speculative decoding
+
+
+# Inclusive bounds of a plausible value; a quality metric also needs the uncompressed baseline of the same table.
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    Metric.accuracy.value: (0.0, 100.0),
+    Metric.score.value: (0.0, 10_000.0),
+    Metric.cider.value: (0.0, 300.0),
+    Metric.speedup.value: (0.01, 100.0),
+    Metric.accepted_length.value: (1.0, 100.0),
+}
+QUALITY_METRICS = frozenset({Metric.accuracy.value, Metric.score.value, Metric.cider.value})
+Percent = Annotated[float, Field(gt=0, le=100)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+class Score(BaseModel):
+    """One benchmark number of a reported result, with the uncompressed model's number from the same table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+    benchmark: PlainText = Field(description="Canonical benchmark name from taxonomy/vocabulary.yaml, e.g. 'GQA'.")
+    metric: Metric = Field(
+        default=Metric.accuracy, validate_default=True,
+        description="accuracy (0-100, the default), score (MME-style points), cider, speedup (x) or accepted-length.")
+    value: float = Field(description="The number exactly as the source table prints it (without '%').")
+    baseline: float | None = Field(
+        default=None,
+        description="The reference's number in the same table: the uncompressed model (all visual tokens, full "
+                    "16-bit KV), or for frame selection uniform sampling of as many frames; required for accuracy, "
+                    "score and cider, absent for speedup and accepted-length.",
+    )
+
+    @model_validator(mode="after")
+    def in_range_with_baseline(self) -> Score:
+        low, high = METRIC_RANGES[self.metric]
+        for name in ("value", "baseline"):
+            number = getattr(self, name)
+            if number is not None and not low <= number <= high:
+                raise ValueError(f"{name} {number:g} is outside {low:g}-{high:g}, the range of metric "
+                                 f"'{self.metric}'; copy the number as the table prints it, or set the metric")
+        if self.metric in QUALITY_METRICS and self.baseline is None:
+            raise ValueError(f"{self.benchmark}: 'baseline' is missing: add the uncompressed model's {self.metric} "
+                             "from the same table, or leave the row out if the table has none")
+        if self.metric not in QUALITY_METRICS and self.baseline is not None:
+            raise ValueError(f"{self.benchmark}: a {self.metric} is measured against plain decoding; remove "
+                             "'baseline'")
+        return self
+
+
+class Setting(BaseModel):
+    """What makes reported results comparable across papers: the budget they were measured at, as printed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    visual_tokens: PositiveInt | None = Field(default=None, description="Visual tokens kept per image.")
+    kept_percent: Percent | None = Field(default=None, description="Share of visual tokens kept, in percent.")
+    frames: PositiveInt | None = Field(default=None, description="Frames sampled per video.")
+    kv_budget_tokens: PositiveInt | None = Field(default=None, description="KV-cache entries kept per layer.")
+    kv_budget_percent: Percent | None = Field(default=None, description="Share of the KV cache kept, in percent.")
+    kv_bits: PositiveInt | None = Field(default=None, description="Bits per KV-cache value after quantization.")
+    draft_model: PlainText | None = Field(default=None, description="Draft model of speculative decoding.")
+    draft_length: PositiveInt | None = Field(default=None, description="Tokens drafted per step (gamma).")
+    temperature: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Sampling temperature.")
+
+    @model_validator(mode="after")
+    def says_something(self) -> Setting:
+        if not self.model_dump(exclude_none=True):
+            raise ValueError("give at least one of " + ", ".join(type(self).model_fields)
+                             + ", as the source table states it")
+        return self
+
+    @property
+    def label(self) -> str:
+        """'64 visual tokens, 32 frames', 'KV budget 10 %', 'draft: X, γ = 5, T = 0': the comparable setting."""
+        parts = []
+        if self.visual_tokens is not None:
+            parts.append(f"{self.visual_tokens} visual tokens")
+        if self.kept_percent is not None:
+            parts.append(f"{self.kept_percent:g} % of visual tokens")
+        if self.frames is not None:
+            parts.append(f"{self.frames} frames")
+        if self.kv_budget_tokens is not None:
+            parts.append(f"KV budget {self.kv_budget_tokens} tokens")
+        if self.kv_budget_percent is not None:
+            parts.append(f"KV budget {self.kv_budget_percent:g} %")
+        if self.kv_bits is not None:
+            parts.append(f"{self.kv_bits}-bit KV")
+        if self.draft_model is not None:
+            parts.append(f"draft {self.draft_model}")
+        if self.draft_length is not None:
+            parts.append(f"γ = {self.draft_length}")
+        if self.temperature is not None:
+            parts.append(f"T = {self.temperature:g}")
+        return ", ".join(parts)
+
+
+class Efficiency(BaseModel):
+    """Efficiency figures printed in the same table as a result, in these units only (never converted)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    flops_t: Positive | None = Field(default=None, description="Compute per sample in TFLOPs.")
+    prefill_ms: Positive | None = Field(default=None, description="Prefill time (time to first token) in ms.")
+    latency_ms: Positive | None = Field(default=None, description="End-to-end latency per sample in ms.")
+    memory_gb: Positive | None = Field(default=None, description="Memory (GPU or KV cache) in GB.")
+    speedup: Positive | None = Field(default=None, description="Speed-up over the uncompressed model (x).")
+    hardware: PlainText | None = Field(default=None, description="Where it was measured, e.g. 'A100'.")
+
+
+class ResultSource(BaseModel):
+    """Where a reported result was read: the page and the table in it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: WebUrl = Field(description="The page holding the table: arXiv HTML page, or the code README at a commit.")
+    table: plain_text(max_length=200) = Field(
+        description="Which table: 'Table 1', or where a README prints it (\"README table 'Main results'\").")
+
+
+class Result(BaseModel):
+    """One row of a paper's reported results: one method, one model, one setting, from one table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: PlainText = Field(description="Canonical model name from taxonomy/vocabulary.yaml.")
+    setting: Setting
+    scores: list[Score] = Field(min_length=1, description="The row's numbers, one per benchmark and metric.")
+    efficiency: Efficiency | None = None
+    source: ResultSource
+    reported_by: Slug | None = Field(
+        default=None,
+        description="Id of the paper whose table printed this row, when it is not this paper's own table.",
+    )
+    note: plain_text(max_length=500) | None = Field(
+        default=None,
+        description="How the row was read, when the table needs it: what it calls the setting, columns left out.",
+    )
+
+    @field_validator("scores")
+    @classmethod
+    def each_benchmark_once(cls, scores: list[Score]) -> list[Score]:
+        seen: set[tuple[str, str]] = set()
+        for score in scores:
+            key = (score.benchmark, score.metric)
+            if key in seen:
+                raise ValueError(f"{score.benchmark} ({score.metric}) is given twice in one row; a row is one "
+                                 "setting of one table, so split it into two rows")
+            seen.add(key)
+        return scores
+
+    def retention(self) -> float | None:
+        """Mean of value / baseline over the row's quality scores, in percent; None when it has none."""
+        ratios = [score.value / score.baseline for score in self.scores
+                  if score.metric in QUALITY_METRICS and score.baseline]
+        return 100 * sum(ratios) / len(ratios) if ratios else None
+
+
 class Paper(BaseModel):
     """One work in the repository: `papers/<id>.yaml`."""
 
@@ -170,6 +336,11 @@ class Paper(BaseModel):
         default=None, description="Date the work was first announced (arXiv v1 submission date), if known."
     )
     added: dt.date = Field(description="Date the entry entered this repository (YYYY-MM-DD).")
+    results: list[Result] = Field(
+        default_factory=list,
+        description="Reported results, copied exactly from the paper's own tables (or the code README reprinting "
+                    "them), each row naming its source table.",
+    )
     notes: PlainText | None = Field(default=None, description="Anything else worth knowing (optional).")
 
     @field_validator("year")

@@ -22,7 +22,6 @@ import difflib
 import io
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from tools.arxiv_feed import Candidate, parse_feed
 from tools.checks import normalise_title
 from tools.errors import SourceError, ToolError, display_path
+from tools.files import write_atomically
 from tools.loading import SafeLoader
 from tools.models import Paper
 from tools.repository import load_repository
@@ -293,12 +293,6 @@ def check_text(text: str, shown: str) -> None:
         first = str(exc).splitlines()[0]
         raise ToolError(f"refusing to write {shown}: the refreshed entry would not validate ({first}); "
                         "nothing was written") from None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -28,9 +28,10 @@ def explore_data(repo: Repository) -> dict[str, Any]:
             [paper.attributes.get(facet, "") for facet in facets],
             1 if paper.code else 0,
             bibtex.citation_key(paper),
+            1 if paper.results else 0,
         ])
     return {
-        "columns": ["id", "name", "title", "authors", "year", "venue", "nodes", "facets", "code", "key"],
+        "columns": ["id", "name", "title", "authors", "year", "venue", "nodes", "facets", "code", "key", "results"],
         "nodes": [[path, placement_label(repo, path)] for path in node_paths],
         "facets": facets,
         "rows": rows,

@@ -17,12 +17,22 @@ import yaml
 
 from tools import bibtex, citations, repository
 from tools.errors import DataError, SiteError
+from tools.results import number_text, records, to_csv, to_json
 from tools.site.charts import charts
 from tools.site.downloads import entries_by_key, papers_json
 from tools.site.explore import explore_data, explore_summaries
 from tools.site.feed import atom_feed, newest_papers, paper_url, recently_added
 from tools.site.papers import authors_text, checked_url, paper_links, papers_under, related_papers
 from tools.site.pilots import RESULTS_DIR, ROOFLINE_RESULTS, STUDIES, extra_study, roofline_chart, study_runs
+from tools.site.results import (
+    EFFICIENCY_LABELS,
+    Comparison,
+    comparisons,
+    pareto_charts,
+    rows_by_paper,
+    slug,
+    source_label,
+)
 
 TEMPLATES_DIR = Path("site_src") / "templates"
 RECENT_SIZE = 100
@@ -133,6 +143,8 @@ def plan(site: Site, config: SiteConfig) -> None:
 
     library = bibtex.export_bibtex(repo.papers)
     entries = entries_by_key(library)
+    result_groups = comparisons(repo.papers)
+    result_rows = rows_by_paper(result_groups)
 
     add(GeneratedPage("index.md", "Home", "home.html",
                       {**common, "newest": newest[:HOME_NEWEST], "added": added[:HOME_NEWEST]},
@@ -154,6 +166,7 @@ def plan(site: Site, config: SiteConfig) -> None:
                            "bibtex": entries[bibtex.citation_key(paper)],
                            "same_node": related[paper.id][0], "similar": related[paper.id][1],
                            "csl": json.dumps(citations.csl_item(paper), ensure_ascii=False, indent=2),
+                           "results": result_rows.get(paper.id, []),
                            "ris": citations.ris_entry(paper)},
                           relative_path(repo.paths[paper.id]), in_nav=False,
                           hide=("navigation", "toc"), citation=tuple(citations.citation_meta(paper))))
@@ -166,6 +179,7 @@ def plan(site: Site, config: SiteConfig) -> None:
     add(GeneratedPage("recent.md", "What's new", "recent.html",
                       {**common, "newest": newest[:RECENT_SIZE], "added": added[:RECENT_SIZE]},
                       "site_src/templates/recent.html"))
+    plan_results(site, common, result_groups, add)
     benchmark_stage = next((s for s in stages if s.kind == "benchmark"), None)
     add(GeneratedPage("benchmarks.md", "Benchmarks", "benchmarks.html",
                       {**common, "stage": benchmark_stage,
@@ -217,6 +231,34 @@ def plan(site: Site, config: SiteConfig) -> None:
     site.studies = [study.slug for study in STUDIES] + extra
 
 
+def plan_results(site: Site, common: dict[str, Any], groups: list[Comparison],
+                 add: Callable[[GeneratedPage], None]) -> None:
+    """The reported-results index, one page per comparable setting, their Pareto charts and the downloads."""
+    pareto = pareto_charts(groups)
+    for chart in pareto.values():
+        for theme, svg in chart["svg"].items():
+            site.assets[f"assets/charts/{chart['slug']}-{theme}.svg"] = svg
+    by_model: dict[str, list[Comparison]] = {}
+    for group in groups:
+        by_model.setdefault(group.model, []).append(group)
+    names = {paper.id: paper.display_name for paper in site.repo.papers}
+    totals = {"methods": len({row.paper.id for group in groups for row in group.rows}),
+              "rows": sum(len(group.rows) for group in groups),
+              "numbers": sum(len(row.result.scores) for group in groups for row in group.rows)}
+    add(GeneratedPage("results/index.md", "Reported results", "results.html",
+                      {**common, "groups": groups, "by_model": list(by_model.items()), "pareto": pareto,
+                       "totals": totals}, "site_src/templates/results.html", hide=("toc",)))
+    for group in groups:
+        chart = pareto.get(group.model)
+        add(GeneratedPage(f"results/{group.slug}.md", f"{group.model}, {group.setting}", "results_setting.html",
+                          {**common, "group": group, "names": names, "efficiency_labels": EFFICIENCY_LABELS,
+                           "chart_slug": chart["slug"] if chart else None},
+                          "site_src/templates/results_setting.html", in_nav=False, hide=("toc", "navigation")))
+    rows = records(site.repo.papers)
+    site.assets["results.csv"] = to_csv(rows)
+    site.assets["results.json"] = to_json(rows)
+
+
 def template_environment(config_dir: Path) -> jinja2.Environment:
     folder = config_dir / TEMPLATES_DIR
     if not folder.is_dir():
@@ -230,4 +272,7 @@ def template_environment(config_dir: Path) -> jinja2.Environment:
     )
     env.globals.update(paper_url=paper_url, node_url=node_url)
     env.filters["http_only"] = lambda url: checked_url(str(url))
+    env.filters["number"] = number_text
+    env.filters["source_label"] = lambda url: source_label(str(url))
+    env.filters["slug"] = slug
     return env

@@ -5,7 +5,7 @@
   "use strict";
 
   // The text filter is "text", not "q": Material's search reads "q" and would open its overlay on a shared link.
-  var BASE_FIELDS = ["text", "stage", "node", "venue", "from", "to", "code"];
+  var BASE_FIELDS = ["text", "stage", "node", "venue", "from", "to", "code", "results"];
   var downloadCache = {};
   var PAGE_ROWS = 100;  // rows drawn at a time: the full table is 500+ rows, tens of thousands of px on a phone  // format -> the whole collection's file, fetched once
 
@@ -20,7 +20,7 @@
       return {
         id: raw[col.id], name: raw[col.name], title: raw[col.title], authors: raw[col.authors],
         year: raw[col.year], venue: raw[col.venue], nodes: nodes, facets: facets, code: raw[col.code] === 1,
-        key: raw[col.key], stage: primary[0].split("/")[0], node: primary[0], nodeName: primary[1],
+        results: raw[col.results] === 1, key: raw[col.key], stage: primary[0].split("/")[0], node: primary[0], nodeName: primary[1],
         hay: (raw[col.name] + " " + raw[col.title] + " " + raw[col.authors] + " " + raw[col.venue]).toLowerCase()
       };
     });
@@ -57,6 +57,7 @@
     if (filter.from && row.year < Number(filter.from)) return false;
     if (filter.to && row.year > Number(filter.to)) return false;
     if (filter.code && !row.code) return false;
+    if (filter.results && !row.results) return false;
     for (var i = 0; i < facetNames.length; i++) {
       var want = filter[facetNames[i]];
       if (want && row.facets[facetNames[i]] !== want) return false;
