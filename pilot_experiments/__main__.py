@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pilot_experiments import fast_decode, roofline, train
+from pilot_experiments import fast_decode, kv_memory, roofline, train
 from pilot_experiments.backends import BackendError, real_checkpoints
 from pilot_experiments.harness import HarnessError
 from pilot_experiments.studies.hybrid_kv import study as hybrid_kv
@@ -29,6 +29,7 @@ COMMANDS = [
     serving.register_cli,
     real_checkpoints.register_cli,
     fast_decode.register_cli,
+    kv_memory.register_cli,
 ]
 
 USAGE_ERRORS = (BackendError, HarnessError, StudyError, train.TrainingError)

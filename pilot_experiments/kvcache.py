@@ -17,7 +17,10 @@ masks shaped (batch, kv_heads, length) over the hot store; a removed entry is on
 every head's valid entries to the per-layer maximum and frees the rest.
 
 Attention reads the hot store first, then the quantized blocks: columns [0, length) of the
-attention weights the model returns are hot slots, in slot order.
+attention weights the model returns are hot slots, in slot order. `read` hands the model every
+entry in full precision (needed where attention weights are observed); `attend` computes the
+attention output itself and dequantizes the quantized blocks `QUANT_CHUNK` entries at a time, so a
+quantized cache stays quantized at the peak of a decode step too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 TEXT, VISUAL = 0, 1
+QUANT_CHUNK = 512  # quantized entries `attend` dequantizes at a time: its transient full-precision copy
 MODALITY_NAMES = {TEXT: "text", VISUAL: "visual"}
 
 
@@ -125,6 +129,13 @@ class QuantBlock:
         m = self.meta
         return Store(keys, values, m.position, m.modality, m.frame, m.count, m.valid)
 
+    def dequantize_slice(self, start: int, stop: int) -> Store:
+        """Entries [start, stop) in float32, with their metadata (what `LayerCache.attend` reads)."""
+        m = self.meta
+        keys = _dequantize(self.key_codes[:, :, start:stop], self.key_scale, self.bits, self.head_dim)
+        values = _dequantize(self.value_codes[:, :, start:stop], self.value_scale, self.bits, self.head_dim)
+        return Store(keys, values, *(getattr(m, f)[:, :, start:stop] for f in META_FIELDS))
+
     def nbytes(self) -> int:
         return sum(t.nbytes for t in (self.key_codes, self.value_codes, self.key_scale, self.value_scale))
 
@@ -147,6 +158,27 @@ def _dequantize(codes: torch.Tensor, scale: torch.Tensor, bits: int, head_dim: i
         low, high = (codes & 0xF).to(torch.int8) - 8, (codes >> 4).to(torch.int8) - 8
         codes = torch.stack([low, high], dim=-1).reshape(*codes.shape[:-1], head_dim)
     return codes.float() * scale
+
+
+Softmax = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # running max, sum of exp, exp-weighted sum of values
+
+
+def _softmax_part(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor, group: int) -> Softmax:
+    """One part of a softmax over several key sets: q (batch, kv_heads, group * n, d), already
+    scaled; keys, values (batch, kv_heads, L, d); bias (batch, kv_heads, n or 1, L) additive."""
+    scores = q @ keys.float().transpose(-1, -2)
+    b, h, rows, length = scores.shape
+    scores = (scores.view(b, h, group, rows // group, length) + bias.unsqueeze(2)).view(b, h, rows, length)
+    top = scores.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row with nothing visible here
+    weights = torch.exp(scores - top)
+    return top, weights.sum(-1, keepdim=True), weights @ values.float()
+
+
+def _combine(a: Softmax, b: Softmax) -> Softmax:
+    top = torch.maximum(a[0], b[0])
+    wa, wb = torch.exp(a[0] - top), torch.exp(b[0] - top)
+    return top, a[1] * wa + b[1] * wb, a[2] * wa + b[2] * wb
 
 
 class LayerCache:
@@ -194,18 +226,44 @@ class LayerCache:
         """Keys, values (batch, kv_heads, L, head_dim) to attend and an additive mask
         (batch, kv_heads, n_new, L) for the last `n_new` appended entries as queries. The mask is
         None when plain causal attention is exact (every entry valid and, for several queries, no
-        older entries), so the model can take the fast path."""
+        older entries), so the model can take the fast path. Quantized blocks come back dequantized
+        in full: use `attend` where the attention weights are not needed."""
         stores = [self.view()] + [b.dequantize(self.dtype) for b in self.quant]
         store = stores[0] if len(stores) == 1 else cat_stores(stores)
         all_valid = bool(store.valid.all())
         if all_valid and (n_new == 1 or (n_new == self.length and not self.quant)):
             return store.keys, store.values, None
-        visible = store.valid.unsqueeze(2).expand(-1, -1, n_new, -1).clone()
-        if n_new > 1:  # causal among the new entries (the last n_new hot slots)
+        return store.keys, store.values, self._mask(store.valid, n_new)
+
+    def _mask(self, valid: torch.Tensor, n_new: int) -> torch.Tensor:
+        """Additive (batch, kv_heads, n_new, L) mask: -inf on invalid entries and, among the last
+        `n_new` hot slots (the queries themselves), on later ones."""
+        visible = valid.unsqueeze(2).expand(-1, -1, n_new, -1).clone()
+        if n_new > 1:
             i = torch.arange(n_new, device=self.device)
             visible[..., self.length - n_new : self.length] &= i.view(1, n_new) <= i.view(n_new, 1)
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        return store.keys, store.values, mask.masked_fill_(~visible, float("-inf"))
+        return torch.zeros(visible.shape, dtype=torch.float32, device=self.device).masked_fill_(~visible, float("-inf"))
+
+    def attend(self, query: torch.Tensor, n_new: int, scale: float) -> torch.Tensor:
+        """softmax(q K^T * scale + mask) V for the last `n_new` appended entries as queries, over the
+        hot store and every quantized block: query (batch, heads, n_new, head_dim), heads a multiple
+        of kv_heads (grouped-query heads share a KV head in order). Returns (batch, heads, n_new,
+        head_dim) in the query's dtype. Quantized entries, all older than the queries, are
+        dequantized `QUANT_CHUNK` at a time and each chunk's softmax sums are combined by their
+        running maximum, as FlashAttention combines blocks: the full-precision copy of the
+        quantized part never exists at once."""
+        b, heads, n, d = query.shape
+        group = heads // self.kv_heads
+        q = query.float().reshape(b, self.kv_heads, group * n, d) * scale
+        hot = self.view()
+        state = _softmax_part(q, hot.keys, hot.values, self._mask(hot.valid, n_new), group)
+        for block in self.quant:
+            for start in range(0, block.meta.valid.shape[2], QUANT_CHUNK):
+                chunk = block.dequantize_slice(start, start + QUANT_CHUNK)
+                bias = torch.zeros(chunk.valid.shape, device=self.device).masked_fill_(~chunk.valid, float("-inf"))
+                state = _combine(state, _softmax_part(q, chunk.keys, chunk.values, bias.unsqueeze(2), group))
+        _, total, out = state
+        return (out / total.clamp_min(1e-30)).reshape(b, heads, n, d).to(query.dtype)
 
     # -- per-head editing ---------------------------------------------------------------------
     def _check(self, mask: torch.Tensor) -> torch.Tensor:

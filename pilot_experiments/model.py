@@ -260,6 +260,9 @@ class Attention(nn.Module):
                 mask = mask.masked_fill(~causal, float("-inf"))
         else:
             layer_cache.append(k, v, inputs.positions, inputs.modality, inputs.frame)
+            if layer_cache.quant and not need_attn:  # quantized blocks stay quantized: chunked attention
+                out = layer_cache.attend(q, t, self.head_dim ** -0.5)
+                return self.o(out.transpose(1, 2).reshape(b, t, -1)), None
             k, v, mask = layer_cache.read(t)
         group = self.heads // self.kv_heads
         if mask is not None:  # one mask for every head broadcasts; one per kv head is repeated per query head

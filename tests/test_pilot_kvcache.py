@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from pilot_experiments import kvcache
 from pilot_experiments.kvcache import VISUAL, KVCacheError, LayerCache
 from pilot_experiments.model import LVLM
 from tests.test_pilot_model import TINY, prompt_parts
@@ -183,3 +184,63 @@ def test_bad_mask_shape_is_rejected():
         layer.remove(torch.zeros(1, 2, 5, dtype=torch.bool))
     with pytest.raises(KVCacheError, match="4 or 8 bits"):
         layer.quantize(torch.ones(1, 2, 12, dtype=torch.bool), 3)
+
+
+def reference_attention(layer: LayerCache, query: torch.Tensor, n_new: int) -> torch.Tensor:
+    """softmax(q K^T / sqrt(d) + mask) V over `read`'s full-precision keys and values."""
+    keys, values, mask = layer.read(n_new)
+    group = query.shape[1] // keys.shape[1]
+    scores = query @ keys.repeat_interleave(group, 1).transpose(-1, -2) / query.shape[-1] ** 0.5
+    if mask is not None:
+        scores = scores + mask.repeat_interleave(group, 1)
+    return torch.softmax(scores, -1) @ values.repeat_interleave(group, 1)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("n_new", [1, 3])
+def test_chunked_attention_over_quantized_blocks_equals_full_dequantization(monkeypatch, bits, n_new):
+    monkeypatch.setattr(kvcache, "QUANT_CHUNK", 16)  # several chunks per block
+    torch.manual_seed(0)
+    batch, kv_heads, d, n = 2, 2, 8, 70
+    layer = LayerCache(batch, kv_heads, d, torch.float32, "cpu", 8, "cpu")
+    meta = (torch.arange(n).expand(batch, -1), torch.full((batch, n), VISUAL, dtype=torch.uint8),
+            torch.zeros(batch, n, dtype=torch.long))
+    layer.append(torch.randn(batch, kv_heads, n, d), torch.randn(batch, kv_heads, n, d), *meta)
+    layer.keep(torch.rand(batch, kv_heads, n) > 0.3)  # heads keep different entries
+    first, second = torch.zeros(batch, kv_heads, n, dtype=torch.bool), None
+    first[..., 5:40] = True
+    layer.quantize(first, bits)
+    second = torch.zeros(batch, kv_heads, layer.length, dtype=torch.bool)
+    second[..., : layer.length // 2] = True
+    layer.quantize(second, bits)  # two blocks
+    new = (torch.full((batch, n_new), n), torch.zeros(batch, n_new, dtype=torch.uint8),
+           torch.zeros(batch, n_new, dtype=torch.long))
+    layer.append(torch.randn(batch, kv_heads, n_new, d), torch.randn(batch, kv_heads, n_new, d), *new)
+    query = torch.randn(batch, 2 * kv_heads, n_new, d)  # two query heads per KV head
+
+    sizes = []
+    slice_block = kvcache.QuantBlock.dequantize_slice
+    monkeypatch.setattr(kvcache.QuantBlock, "dequantize_slice",
+                        lambda self, a, b: sizes.append(min(b, self.meta.valid.shape[2]) - a) or slice_block(self, a, b))
+    got = layer.attend(query, n_new, d ** -0.5)
+    assert len(layer.quant) == 2 and max(sizes) <= 16 and len(sizes) > 2
+    torch.testing.assert_close(got, reference_attention(layer, query, n_new), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_decoding_over_a_quantized_cache_never_dequantizes_a_whole_block(model, monkeypatch):
+    inputs = model.embed_prompt(*prompt_parts())
+    visual = (inputs.modality == VISUAL).view(1, 1, -1).expand(1, TINY.lm_kv_heads, -1)
+    quantize = lambda cache: [layer.quantize(visual[..., : layer.length], 8) for layer in cache.layers]  # noqa: E731
+    chunked, _ = decode_with_cache(model, inputs, quantize)
+
+    def whole_block(self, dtype):
+        raise AssertionError("a decode step dequantized a whole block")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(kvcache.QuantBlock, "dequantize", whole_block)
+        again, _ = decode_with_cache(model, inputs, quantize)
+    torch.testing.assert_close(again, chunked)
+    # The same steps with every block dequantized in full (`read`), as decoding did before `attend`.
+    monkeypatch.setattr(LayerCache, "attend", lambda self, query, n_new, scale: reference_attention(self, query, n_new))
+    full, _ = decode_with_cache(model, inputs, quantize)
+    torch.testing.assert_close(chunked, full, rtol=1e-4, atol=1e-4)

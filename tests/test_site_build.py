@@ -497,7 +497,7 @@ def test_the_results_index_lists_every_setting_with_its_best_retention(site):
                     "llava-1-5-7b-gamma-5-t-0"):
         assert f'href="{setting}/"' in html or f'href="./{setting}/"' in html, setting
     speculative = result_rows(site.html("results/llava-1-5-7b-gamma-5-t-0/"))
-    assert speculative == [["Spec-LLaVA", "2.5", "3.1", "–", "example.org: Table 4"]]
+    assert speculative == [["Spec-LLaVA", "2.5", "3.1", "–", "example.org, Table 4"]]
 
 
 def test_a_paper_page_shows_its_reported_results(site):

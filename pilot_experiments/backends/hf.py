@@ -100,6 +100,10 @@ def pilot_attention(module, query, key, value, attention_mask, scaling=None, **k
     layer = call.cache[i]
     inputs = call.inputs
     layer.append(key, value, inputs.positions, inputs.modality, inputs.frame)
+    if layer.quant and not call.need_attn:  # quantized blocks stay quantized: chunked attention
+        call.attn[i] = None
+        out = layer.attend(query, query.shape[2], scaling or query.shape[-1] ** -0.5)
+        return out.transpose(1, 2).contiguous(), None
     keys, values, mask = layer.read(query.shape[2])
     out, weights = _attend(query, keys, values, mask, scaling or query.shape[-1] ** -0.5, call.need_attn)
     call.attn[i] = weights

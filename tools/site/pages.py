@@ -32,6 +32,7 @@ from tools.site.results import (
     rows_by_paper,
     slug,
     source_label,
+    table_name,
 )
 
 TEMPLATES_DIR = Path("site_src") / "templates"
@@ -275,4 +276,5 @@ def template_environment(config_dir: Path) -> jinja2.Environment:
     env.filters["number"] = number_text
     env.filters["source_label"] = lambda url: source_label(str(url))
     env.filters["slug"] = slug
+    env.filters["table_name"] = table_name
     return env

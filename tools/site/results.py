@@ -72,6 +72,15 @@ def source_label(url: str) -> str:
     return host.removeprefix("www.")
 
 
+TABLE_NAME = re.compile(r"^(?:Table|Figure|Tab\.|Fig\.)\s*[A-Z]?\d+", re.IGNORECASE)
+
+
+def table_name(table: str) -> str:
+    """'Table 1' out of "Table 1, block 'Retain 64 Tokens', row ...", or 'table' when none is named."""
+    match = TABLE_NAME.match(table)
+    return match.group(0) if match else "table"
+
+
 def slug(text: str) -> str:
     """'LLaVA-1.5-7B, γ = 5' -> 'llava-1-5-7b-gamma-5'."""
     return NON_SLUG.sub("-", text.casefold().replace("γ", "gamma")).strip("-")
