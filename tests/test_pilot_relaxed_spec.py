@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pilot_experiments import harness, synthvis, train
+from pilot_experiments.backends.prompts import ReferencePrompter
 from pilot_experiments.kvcache import VISUAL
 from pilot_experiments.studies.relaxed_spec import study
 from pilot_experiments.studies.relaxed_spec.decoding import autoregressive, speculative
@@ -301,3 +303,17 @@ def test_smoke_study_writes_a_row_per_rule_gamma_and_pruning(tmp_path):
         assert r["speedup_ci"][0] <= r["speedup"] <= r["speedup_ci"][1]
         if r["retention_ci"] is not None:
             assert r["retention_ci"][0] <= r["retention_pct"] <= r["retention_ci"][1]
+
+
+def test_the_declared_setting_is_timed_in_rounds_of_alternating_order(models, monkeypatch):
+    """AR first in even rounds, speculative first in odd ones; `timing_rounds` of each per episode."""
+    target, draft, tc = models
+    cfg = replace(study.config_for("smoke"), timing_rounds=3)
+    order = []
+    ar_run, spec_run = study._ar_run, study._spec_run
+    monkeypatch.setattr(study, "_ar_run", lambda *a, **k: order.append("ar") or ar_run(*a, **k))
+    monkeypatch.setattr(study, "_spec_run", lambda *a, **k: order.append("spec") or spec_run(*a, **k))
+    episode = synthvis.image_episode("test", tc.seed, 0, image_px=tc.image_px, max_objects=tc.max_objects)
+    run = study.run_episode(cfg, ReferencePrompter(target), ReferencePrompter(draft), episode, 0)
+    assert len(run.declared_ar_s) == len(run.declared_loop_s) == 3 and min(run.declared_loop_s) > 0
+    assert order[-6:] == ["ar", "spec", "spec", "ar", "ar", "spec"]
