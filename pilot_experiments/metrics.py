@@ -190,8 +190,8 @@ class Timing:
     samples_s: tuple[float, ...]
 
 
-class _Clock:
-    """Start/stop intervals: CUDA events on GPU, perf_counter on CPU."""
+class Clock:
+    """Start/stop intervals: CUDA events on a GPU (`stop` waits for the work queued before it), perf_counter on a CPU."""
 
     def __init__(self, device: torch.device | str) -> None:
         self.cuda = torch.device(device).type == "cuda"
@@ -216,7 +216,7 @@ def time_call(fn: Callable[[], object], device: torch.device | str = "cpu", *, w
     """Median wall time of `fn()` after `warmup` untimed calls."""
     if repeats < 1:
         raise MetricsError("need at least one timed repeat")
-    clock = _Clock(device)
+    clock = Clock(device)
     for _ in range(warmup):
         fn()
     samples = []
@@ -248,7 +248,7 @@ def time_generation(
     does the same work). `after_prefill(cache)` runs inside the TTFT interval (e.g. a compression
     policy), so its cost is charged to time-to-first-token."""
     device = inputs.embeds.device
-    clock = _Clock(device)
+    clock = Clock(device)
     ttfts, tpots, totals = [], [], []
     for r in range(warmup + repeats):
         cache = model.new_cache(inputs.embeds.shape[0], capacity=inputs.length + new_tokens)

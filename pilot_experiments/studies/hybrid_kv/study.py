@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -110,11 +109,12 @@ def compressed(cache: KVCache, obs: Observation, policy: Policy, *, compact: boo
     and the (visual, total) fractions of the prefilled entries a decode step attends."""
     prompt_length = cache.length
     cache = copy.deepcopy(cache)
-    start = time.perf_counter()
+    clock = metrics.Clock(cache[0].device)
+    begun = clock.start()
     policy.compress(cache, obs)
     if compact:
         cache.compact(reserve=reserve)
-    compress_s = time.perf_counter() - start
+    compress_s = clock.stop(begun)
     return (cache, compress_s, *kept_fractions(cache, obs, prompt_length))
 
 
@@ -133,11 +133,12 @@ def respond(prompter: Prompter, cache: KVCache, question: Inputs | None, max_new
         backend.prefill(question, cache)
     moved = moved_bytes(cache)
     token, out, steps, sizes = prompter.answer_start, [], [], None
+    clock = metrics.Clock(backend.device)
     for _ in range(max_new):
-        begun = time.perf_counter()
+        begun = clock.start()
         logits = backend.decode(torch.tensor([[token]], device=backend.device), cache).logits[:, -1]
         token = int(logits.argmax(-1))
-        steps.append(time.perf_counter() - begun)
+        steps.append(clock.stop(begun))
         if sizes is None:  # after the first step, so that retrieval's working set is in place
             sizes = {**metrics.kv_bytes(cache), "prompt_resident": prompt_resident_bytes(cache)}
         if token == prompter.eos:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -153,10 +152,10 @@ def _median_run(fn: Callable[[], dict], repeats: int, device: torch.device) -> d
 
 
 def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
-    start = time.perf_counter()
+    clock = metrics.Clock(device)
+    begun = clock.start()
     value = fn()
-    _sync(device)
-    return value, time.perf_counter() - start
+    return value, clock.stop(begun)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pilot_experiments import metrics as metrics_lib
 from pilot_experiments import synthvis
 from pilot_experiments.backends.prompts import ChatPrompter, Prompter, ReferencePrompter
 from pilot_experiments.harness import StudyRecord, check_preset, pick_device, progress
-from pilot_experiments.metrics import PeakMemory
+from pilot_experiments.metrics import Clock, PeakMemory
 from pilot_experiments.studies.relaxed_spec.decoding import autoregressive
 from pilot_experiments.studies.streaming.chat import markers_per_frame, open_memory
 from pilot_experiments.studies.streaming.memory import StreamMemory, patchify
@@ -158,15 +158,16 @@ def run_policy(prompter: Prompter, policy: StreamPolicy, stream: FrameStream, cf
     run = PolicyRun(policy.name)
     previous = None
     budget = cfg.memory_budget_mib * MIB
+    clock = Clock(device)
     for f in range(stream.n_frames):
         pixels = stream.pixels(f)[None].to(device)
-        start = time.perf_counter()
+        begun = clock.start()
         patches = patchify(pixels[0], memory.patch_px)
         picked = policy.tokens(patches, previous)
         visual = memory.encode_frame(pixels[0], f * cfg.time_per_frame)
         run.attended.append(memory.append_frame(visual[picked.to(device)], picked, f))
         policy.after_frame(memory)
-        run.latency_s.append(time.perf_counter() - start)
+        run.latency_s.append(clock.stop(begun))
         previous = patches
         run.frames_ingested = f + 1
         kv = memory.cache.bytes()
