@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from tools.errors import display_path
-from tools.files import write_atomically
+from tools.files import emit
 from tools.loading import load_taxonomy
 from tools.repository import load_repository
 from tools.scaffold import check_node, duplicate_of, existing_papers, make_draft, write_drafts
@@ -44,12 +43,7 @@ def run_export(args: argparse.Namespace) -> int:
     if args.node:
         node = check_node(args.node, repository.nodes).path
         papers = [p for p in papers if any(t == node or t.startswith(node + "/") for t in p.taxonomy)]
-    text = export_bibtex(papers)
-    if args.output:
-        write_atomically(args.output, text)
-        print(f"wrote {len(papers)} entries to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    emit(export_bibtex(papers), args.output, f"{len(papers)} entries")
     return 0
 
 

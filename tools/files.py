@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,3 +18,12 @@ def write_atomically(target: Path, text: str) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def emit(text: str, output: Path | None, summary: str) -> None:
+    """Write `text` to `output` atomically and say so on standard error, or print it when no file is given."""
+    if output:
+        write_atomically(output, text)
+        print(f"wrote {summary} to {output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from tools.files import write_atomically
+from tools.files import emit
 from tools.repository import load_repository
 from tools.results import records, to_csv, to_json
 
@@ -29,10 +28,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     repository = load_repository(args.root)
     rows = records(repository.papers)
-    text = FORMATS[args.format](rows)
-    if args.output:
-        write_atomically(args.output, text)
-        print(f"wrote {len(rows)} reported numbers to {args.output}", file=sys.stderr)
-    else:
-        sys.stdout.write(text)
+    emit(FORMATS[args.format](rows), args.output, f"{len(rows)} reported numbers")
     return 0
