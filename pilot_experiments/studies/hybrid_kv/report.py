@@ -42,7 +42,16 @@ merge of evicted entries into the most key-similar kept one), MadaKV (per-head v
 shares the layer budget; layer budgets grow with the attention mass a uniform budget would have
 dropped in earlier layers), SparseMM (visual-head scores from argmax-on-object hits on val
 images; 30 % of the budget uniform, 70 % by score). Every method scores entries with the same
-observation window: the question's queries when the question is seen, else the context's last entries."""
+observation window: the question's queries when the question is seen, else the context's last entries.
+Deviations from the papers, named: LOOK-M scores the prompt's visual entries with its text prior
+over the prefill and offers several merging strategies; we score with the observation window above
+and implement its average and pivotal merges (average measured), merging only into kept visual
+entries. MadaKV adapts each head's split between modalities; since text is always kept here, its
+split becomes a split of the visual budget across heads by their visual attention share, and its
+hierarchical compensation is our reading (layer budgets grown by the attention mass dropped
+earlier). SparseMM finds visual heads offline on its own calibration task; we count a head's
+argmax-on-object hits on SynthVis val images. All three keep every text entry, which stands in for
+their recent windows."""
 
 
 def _mean(xs) -> float:
