@@ -11,6 +11,8 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the transformers backend needs: pip install '.[hf]'")
 
+from tiny_qwen import image_processor, token_types
+
 from pilot_experiments.backends import Backend, BackendError
 from pilot_experiments.backends.hf import HFBackend, HFInputs
 from pilot_experiments.kvcache import VISUAL
@@ -58,7 +60,7 @@ def prompt():
 
 def greedy_reference(backend: HFBackend, prompt) -> list[int]:
     ids, pixels, grid = prompt
-    out = backend.model.generate(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, mm_token_type_ids=(ids == IMAGE).int(),
+    out = backend.model.generate(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, **token_types(backend.model, ids, IMAGE),
                                  max_new_tokens=NEW, do_sample=False, eos_token_id=None)
     return out[0, ids.shape[1]:].tolist()
 
@@ -220,7 +222,7 @@ def test_loading_a_missing_checkpoint_says_what_to_pass(tmp_path):
 def test_two_processed_images_get_their_own_frames_and_decode_like_generate(target):
     from PIL import Image
 
-    processor = transformers.Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
+    processor = image_processor(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=16 * 16, max_pixels=64 * 64)
     rng = torch.Generator().manual_seed(1)
     images = [Image.fromarray((torch.rand(h, w, 3, generator=rng) * 255).byte().numpy()) for h, w in ((40, 56), (32, 32))]
     enc = processor(images=images, return_tensors="pt")
@@ -232,7 +234,7 @@ def test_two_processed_images_get_their_own_frames_and_decode_like_generate(targ
     first = target.prefill(inputs, cache).logits[0, -1]
     ours = autoregressive(target, cache, first, inputs.length, NEW, eos=-1)
     expected = target.model.generate(input_ids=ids, pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"],
-                                     mm_token_type_ids=(ids == IMAGE).int(), max_new_tokens=NEW, do_sample=False, eos_token_id=None)
+                                     **token_types(target.model, ids, IMAGE), max_new_tokens=NEW, do_sample=False, eos_token_id=None)
     assert ours == expected[0, ids.shape[1]:].tolist()
 
 

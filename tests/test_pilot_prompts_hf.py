@@ -18,6 +18,7 @@ from tiny_qwen import (
     tiny_chat_prompter,
     tiny_image_processor,
     tiny_tokenizer,
+    token_types,
 )
 
 from pilot_experiments import train
@@ -72,7 +73,7 @@ def test_answering_under_the_full_cache_reproduces_generate(chat):
         chat.backend.prefill(inputs, cache)
         ours = answer(chat, cache, observe(tap, cache), FullCache(), compact=True, max_new=10).tokens
     enc = chat.encode(ep, question)
-    expected = chat.backend.model.generate(**enc, mm_token_type_ids=(enc["input_ids"] == chat.backend.image_token_id).int(),
+    expected = chat.backend.model.generate(**enc, **token_types(chat.backend.model, enc["input_ids"], chat.backend.image_token_id),
                                            max_new_tokens=10, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
     if chat.eos in expected:
         expected = expected[: expected.index(chat.eos)]

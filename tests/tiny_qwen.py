@@ -5,6 +5,7 @@ processor, and a helper that saves all three as a checkpoint directory. Import i
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -50,8 +51,21 @@ def tiny_chat_model(tok, seed: int = 0):
     return transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
 
+def image_processor(**kwargs):
+    """Qwen2-VL's image processor: `Qwen2VLImageProcessorPil` in current transformers, `Qwen2VLImageProcessor`
+    in the 5.2 line kvpress pins."""
+    return (getattr(transformers, "Qwen2VLImageProcessorPil", None) or transformers.Qwen2VLImageProcessor)(**kwargs)
+
+
+def token_types(model, input_ids: torch.Tensor, image_token_id: int) -> dict:
+    """`generate`'s `mm_token_type_ids` where the installed transformers takes it (5.23 on), else nothing."""
+    if "mm_token_type_ids" in inspect.signature(model.model.get_rope_index).parameters:
+        return {"mm_token_type_ids": (input_ids == image_token_id).int()}
+    return {}
+
+
 def tiny_image_processor():
-    return transformers.Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=64, max_pixels=1 << 20)
+    return image_processor(patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=64, max_pixels=1 << 20)
 
 
 def tiny_chat_prompter() -> prompts.ChatPrompter:

@@ -16,6 +16,7 @@ each layer's window; our attention does not cap).
 from __future__ import annotations
 
 import contextvars
+import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,14 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask:
         mask = torch.zeros(causal.shape, device=scores.device).masked_fill(~causal, float("-inf"))
     weights = torch.softmax(scores + mask.float(), dim=-1)
     return (weights @ vv.float()).to(query.dtype).transpose(1, 2), weights
+
+
+def _rope_index(vlm, input_ids: torch.Tensor, visual: torch.Tensor, image_grid_thw: torch.Tensor):
+    """Qwen2.5-VL's multimodal rotary positions. transformers >= 5.23 is told which tokens are visual
+    (`mm_token_type_ids`); earlier 5.x releases find them by the image token id in `input_ids`."""
+    if "mm_token_type_ids" in inspect.signature(vlm.get_rope_index).parameters:
+        return vlm.get_rope_index(input_ids, mm_token_type_ids=visual.int(), image_grid_thw=image_grid_thw)
+    return vlm.get_rope_index(input_ids, image_grid_thw=image_grid_thw)
 
 
 def pilot_attention(module, query, key, value, attention_mask, scaling=None, **kwargs):
@@ -218,7 +227,7 @@ class HFBackend:
         if int(visual.sum()) != feats.shape[0]:
             raise BackendError(f"the prompt has {int(visual.sum())} image placeholders but the images give {feats.shape[0]} tokens")
         embeds = inputs.embeds.masked_scatter(visual.unsqueeze(-1), feats.to(inputs.embeds.dtype))
-        rope, _ = vlm.get_rope_index(input_ids, visual.int(), image_grid_thw)
+        rope, _ = _rope_index(vlm, input_ids, visual, image_grid_thw)
         per_image = (image_grid_thw.prod(-1) // vlm.visual.spatial_merge_size**2).tolist()
         frame = torch.full_like(input_ids, -1)
         frame[visual] = torch.repeat_interleave(torch.arange(len(per_image), device=input_ids.device), torch.tensor(per_image, device=input_ids.device))
