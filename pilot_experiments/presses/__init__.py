@@ -1,0 +1,13 @@
+"""Our KV-cache policies as kvpress presses (`pip install -e '.[kvpress]'`), so they run inside the field's own tool:
+
+    from pilot_experiments.presses import LookMPress
+    with LookMPress(compression_ratio=0.8)(model):
+        model.generate(input_ids, max_new_tokens=32)
+
+Each press follows kvpress's protocol: it compresses once, right after the prompt's prefill, and every
+later token attends what it kept. kvpress is imported here, so importing this package needs the extra.
+"""
+
+from pilot_experiments.presses.look_m import LookMPress, merge_evicted
+
+__all__ = ["LookMPress", "merge_evicted"]
