@@ -11,7 +11,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", reason="the transformers backend needs: pip install '.[hf]'")
 
-from tiny_qwen import image_processor, token_types
+from tiny_qwen import END, IMAGE, START, image_processor, tiny_qwen, token_types
 
 from pilot_experiments.backends import Backend, BackendError
 from pilot_experiments.backends.hf import HFBackend, HFInputs
@@ -22,21 +22,8 @@ from pilot_experiments.studies.relaxed_spec.decoding import autoregressive, spec
 from pilot_experiments.studies.relaxed_spec.pruning import VisualPruning, text_to_visual_scores
 from pilot_experiments.studies.relaxed_spec.rules import RandomRelaxation, StrictMatch
 
-IMAGE, VIDEO, START, END = 120, 121, 122, 123
 GRID = (1, 8, 12)  # (t, h, w) patches: 24 visual tokens after the 2 x 2 merge
 NEW = 12
-
-
-def tiny_qwen(seed: int):
-    cfg = transformers.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
-                           spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
-        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
-    torch.manual_seed(seed)
-    return transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ transformers = pytest.importorskip("transformers")
 
 from kvpress.utils import compute_n_kept  # noqa: E402
 
+from tiny_qwen import END, IMAGE, START, tiny_qwen  # noqa: E402
+
 from pilot_experiments.presses import LookMPress, merge_evicted  # noqa: E402
 
 PROMPT = 100
@@ -100,16 +102,8 @@ def test_bad_settings_are_refused_with_the_fix(model):
 
 def test_a_vision_language_models_language_tower_keeps_its_text_and_the_budget():
     """kvpress hooks Qwen2.5-VL's language model; the press is told which prompt tokens are the image's."""
-    image, start, end = 100, 101, 102
-    cfg = transformers.Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
-        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
-                           spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[0]),
-        image_token_id=image, video_token_id=103, vision_start_token_id=start, vision_end_token_id=end)
-    torch.manual_seed(0)
-    vlm = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    vlm = tiny_qwen(0)
+    image, start, end = IMAGE, START, END
     grid = torch.tensor([[1, 8, 8]])  # 64 patches, 16 image tokens after the 2x2 merge
     pixels = torch.randn(64, 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(0))
     ids = torch.tensor([[1, 5, start] + [image] * 16 + [end] + list(range(10, 30))])
@@ -126,7 +120,7 @@ def test_a_vision_language_models_language_tower_keeps_its_text_and_the_budget()
         caches.append(cache)
     full, pressed = caches
     kept = compute_n_kept(ids.shape[1], 0.25)
-    assert [layer.keys.shape[2] for layer in pressed.layers] == [kept, kept]  # 40 entries, 30 kept: 10 image ones go
+    assert [layer.keys.shape[2] for layer in pressed.layers] == [kept] * 3  # 40 entries, 30 kept: 10 image ones go
     text = ids[0] != image
     for layer, whole in zip(pressed.layers, full.layers):
         for head in range(layer.keys.shape[1]):

@@ -21,6 +21,22 @@ TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content']
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+IMAGE, VIDEO, START, END = 120, 121, 122, 123  # token ids of tiny_qwen's image / video / vision start / end
+
+
+def tiny_qwen(seed: int):
+    """A random Qwen2.5-VL small enough for CPU tests: 3 language layers, a 2-block vision tower."""
+    cfg = transformers.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, window_size=16, fullatt_block_indexes=[1]),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START, vision_end_token_id=END)
+    torch.manual_seed(seed)
+    return transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
 def tiny_tokenizer():
     """Word level over every word the prompts use, lower-cased, with Qwen's special tokens."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
