@@ -13,7 +13,7 @@ from kvpress.utils import compute_n_kept  # noqa: E402
 
 from tiny_qwen import END, IMAGE, START, tiny_qwen  # noqa: E402
 
-from pilot_experiments.presses import LookMPress, merge_evicted  # noqa: E402
+from pilot_experiments.presses import LookMPress, SparseMMPress, merge_evicted  # noqa: E402
 
 PROMPT = 100
 
@@ -125,3 +125,44 @@ def test_a_vision_language_models_language_tower_keeps_its_text_and_the_budget()
     for layer, whole in zip(pressed.layers, full.layers):
         for head in range(layer.keys.shape[1]):
             assert bool((layer.keys[0, head][None] == whole.keys[0, head, text][:, None]).all(-1).any(-1).all())
+
+
+SCORES = torch.tensor([[3.0, 0.0], [1.0, 1.0]])  # (layers, kv_heads): layer 0's first head is the visual one
+
+
+def test_sparsemm_splits_the_budget_by_head_score_and_masks_the_rest(model):
+    press = SparseMMPress(compression_ratio=0.75, window_size=8, head_scores=SCORES)
+    budgets = press.head_budgets(PROMPT)
+    assert int(budgets.sum()) == compute_n_kept(PROMPT, 0.75) * 4  # the whole budget, no more
+    assert budgets[0, 0] > budgets[1, 0] == budgets[1, 1] > budgets[0, 1] > 0  # 30 % spread evenly keeps every head alive
+    prefill(model, prompt_ids(), press)
+    for layer, attention in enumerate(a.self_attn for a in model.model.layers):
+        _, head, _ = attention.masked_key_indices
+        removed = torch.bincount(head, minlength=2)
+        assert removed.tolist() == (PROMPT - budgets[layer]).tolist()
+        attention.masked_key_indices = None
+
+
+def test_sparsemm_masked_entries_no_longer_reach_the_answer(model):
+    ids = prompt_ids()
+    press = SparseMMPress(compression_ratio=0.75, window_size=8, head_scores=SCORES)
+    first = prefill(model, ids, press)
+    masked = [a.self_attn.masked_key_indices for a in model.model.layers]
+    second = prefill(model, ids, press)
+    for layer, (b, h, s) in zip(second.layers, masked):  # scramble what the masked entries hold
+        layer.values[b, h, s] = torch.randn_like(layer.values[b, h, s]) * 100
+    for attention, indices in zip((a.self_attn for a in model.model.layers), masked):
+        attention.masked_key_indices = indices
+    scrambled = next_logits(model, second)
+    for attention, indices in zip((a.self_attn for a in model.model.layers), masked):
+        attention.masked_key_indices = indices
+    torch.testing.assert_close(scrambled, next_logits(model, first), rtol=1e-4, atol=1e-4)
+    for attention in (a.self_attn for a in model.model.layers):
+        attention.masked_key_indices = None
+
+
+def test_sparsemm_refuses_scores_that_do_not_fit(model):
+    with pytest.raises(ValueError, match="non-negative"):
+        SparseMMPress(compression_ratio=0.5, head_scores=torch.tensor([[-1.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"do not match the model's layers and its 2 KV heads"):
+        prefill(model, prompt_ids(), SparseMMPress(compression_ratio=0.5, window_size=8, head_scores=torch.ones(2, 3)))

@@ -9,5 +9,6 @@ later token attends what it kept. kvpress is imported here, so importing this pa
 """
 
 from pilot_experiments.presses.look_m import LookMPress, merge_evicted
+from pilot_experiments.presses.sparse_mm import SparseMMPress
 
-__all__ = ["LookMPress", "merge_evicted"]
+__all__ = ["LookMPress", "SparseMMPress", "merge_evicted"]
