@@ -9,7 +9,7 @@ from kvpress import SnapKVPress
 from kvpress.utils import compute_n_kept
 from torch import nn
 
-from pilot_experiments.studies.hybrid_kv.allocation import allocate
+from pilot_experiments.studies.hybrid_kv.allocation import allocate, spread_by_score
 
 
 @dataclass
@@ -19,15 +19,15 @@ class SparseMMPress(SnapKVPress):
 
     `compression_ratio` is kvpress's share of the prompt's entries removed; the entries kept over every
     (layer, KV head) are split by `head_scores` (layers, kv_heads), non-negative: `uniform_share` of them evenly,
-    the rest in proportion to the scores (the same split as `studies.hybrid_kv.SparseMM`, whose `calibrate`
-    computes the scores). Within a head, the entries the prompt's last `window_size` queries attend to most
+    the rest in proportion to the scores (`allocation.spread_by_score`, the split `studies.hybrid_kv.SparseMM`
+    uses; its `calibrate` computes the scores). Within a head, the entries the prompt's last `window_size` queries attend to most
     are kept (SnapKV's window, kvpress's question-agnostic protocol). Like kvpress's AdaKV press, a head's
     removed entries are masked in attention (`module.masked_key_indices`), so every head stores the full
     prompt: this press measures what the budget split does to answers, not memory. Needs an attention
     implementation kvpress patches (sdpa or flash), not eager.
 
-    Deviations from the paper, named: its head scores come from OCR-style localisation on its own calibration
-    set, ours from whatever `head_scores` is given; it keeps a recent window per head, here the window's
+    Deviations from the paper, named: its head scores come from its own offline calibration, ours from
+    whatever `head_scores` is given; it keeps a recent window per head, here the window's
     own entries always rank first (SnapKV); budgets are split over all layers at once.
     """
 
@@ -44,12 +44,8 @@ class SparseMMPress(SnapKVPress):
     def head_budgets(self, length: int) -> torch.Tensor:
         """(layers, kv_heads) entries each head keeps of a `length`-entry prompt."""
         layers, heads = self.head_scores.shape
-        scores = self.head_scores.double()
-        even = torch.full_like(scores, 1.0 / scores.numel())
-        by_score = scores / scores.sum() if float(scores.sum()) > 0 else even
-        weights = self.uniform_share * even + (1 - self.uniform_share) * by_score
         total = compute_n_kept(length, self.compression_ratio) * layers * heads
-        return allocate(total, weights, torch.full(scores.shape, length))
+        return allocate(total, spread_by_score(self.head_scores, self.uniform_share), torch.full((layers, heads), length))
 
     def compress(self, module: nn.Module, hidden_states: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  attentions: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:

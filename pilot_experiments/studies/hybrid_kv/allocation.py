@@ -39,3 +39,11 @@ def allocate(total: int, weights: torch.Tensor, caps: torch.Tensor) -> torch.Ten
     order = torch.argsort(-room, stable=True)[:short]
     out[order] += 1
     return out.view(shape)
+
+
+def spread_by_score(scores: torch.Tensor, uniform_share: float) -> torch.Tensor:
+    """Allocation weights (same shape as the non-negative `scores`): `uniform_share` of the mass spread evenly,
+    the rest in proportion to the scores (evenly too when every score is zero). SparseMM's head budgets."""
+    s = scores.double()
+    even = torch.full_like(s, 1.0 / s.numel())
+    return uniform_share * even + (1 - uniform_share) * (s / s.sum() if float(s.sum()) > 0 else even)

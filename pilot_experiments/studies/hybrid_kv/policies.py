@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pilot_experiments.kvcache import KVCache, LayerCache, select_per_head
-from pilot_experiments.studies.hybrid_kv.allocation import allocate
+from pilot_experiments.studies.hybrid_kv.allocation import allocate, spread_by_score
 from pilot_experiments.studies.hybrid_kv.observe import Observation
 
 
@@ -206,10 +206,8 @@ class SparseMM(VisualBudgetPolicy):
     def head_budgets(self, obs: Observation) -> torch.Tensor:
         if tuple(self.head_scores.shape) != (obs.layers, obs.visual.shape[1]):
             raise PolicyError(f"head_scores {tuple(self.head_scores.shape)} do not match the model's (layers, kv_heads)")
-        s = self.head_scores.double()
-        n = s.numel()
-        weights = self.uniform_share / n + (1 - self.uniform_share) * (s / s.sum() if float(s.sum()) > 0 else torch.full_like(s, 1 / n))
-        return allocate(self.total_budget(obs), weights, torch.full(s.shape, int(obs.visual[0, 0].sum())))
+        weights = spread_by_score(self.head_scores, self.uniform_share)
+        return allocate(self.total_budget(obs), weights, torch.full(weights.shape, int(obs.visual[0, 0].sum())))
 
 
 @dataclass
