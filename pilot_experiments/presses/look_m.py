@@ -27,9 +27,9 @@ class LookMPress(SnapKVPress):
 
     Deviations from the paper, named: entries are scored with the attention of the prompt's last
     `window_size` queries (SnapKV's window, kvpress's question-agnostic protocol: the question comes after
-    compression), not LOOK-M's text-prior attention accumulated over the prefill; the text prior is
-    'text entries rank above every image entry'; of its merging strategies, average and pivotal; only image
-    entries are merged, into kept image entries, when `visual` is given.
+    compression), not LOOK-M's own text-prior scoring of the prefill; the text prior is 'text entries rank
+    above every image entry'; of the paper's several merging strategies, two (average and pivotal) as the
+    study's `LookM` reads them; only image entries are merged, into kept image entries, when `visual` is given.
     """
 
     merge: str = "average"

@@ -27,8 +27,8 @@ class SparseMMPress(SnapKVPress):
     implementation kvpress patches (sdpa or flash), not eager.
 
     Deviations from the paper, named: its head scores come from its own offline calibration, ours from
-    whatever `head_scores` is given; it keeps a recent window per head, here the window's
-    own entries always rank first (SnapKV); budgets are split over all layers at once.
+    whatever `head_scores` is given; within a head, entries are ranked by SnapKV's window (whose own entries
+    always rank first); budgets are split over all layers at once.
     """
 
     head_scores: torch.Tensor = field(default_factory=lambda: torch.empty(0))
