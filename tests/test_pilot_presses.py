@@ -3,6 +3,9 @@ changes at no compression. Runs where the kvpress extra installs (`pip install -
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pytest
 import torch
 
@@ -13,7 +16,7 @@ from kvpress.utils import compute_n_kept  # noqa: E402
 
 from tiny_qwen import END, IMAGE, START, tiny_qwen  # noqa: E402
 
-from pilot_experiments.presses import LookMPress, SparseMMPress, merge_evicted  # noqa: E402
+from pilot_experiments.presses import HybridPress, LookMPress, MadaKVPress, SparseMMPress, merge_evicted  # noqa: E402
 
 PROMPT = 100
 
@@ -166,3 +169,130 @@ def test_sparsemm_refuses_scores_that_do_not_fit(model):
         SparseMMPress(compression_ratio=0.5, head_scores=torch.tensor([[-1.0, 1.0]]))
     with pytest.raises(ValueError, match=r"do not match the model's layers and its 2 KV heads"):
         prefill(model, prompt_ids(), SparseMMPress(compression_ratio=0.5, window_size=8, head_scores=torch.ones(2, 3)))
+
+
+PRESSES = {
+    "LOOK-M": lambda ratio: LookMPress(compression_ratio=ratio, window_size=8),
+    "MadaKV": lambda ratio: MadaKVPress(compression_ratio=ratio, window_size=8),
+    "SparseMM": lambda ratio: SparseMMPress(compression_ratio=ratio, window_size=8, head_scores=SCORES),
+    "HybridKV": lambda ratio: HybridPress(compression_ratio=ratio, window_size=8, chunk=4),
+}
+
+
+def generate(model, ids, press, steps=3):
+    """Greedy logits of `steps` decode steps after the prompt, all inside the press (as kvpress is used)."""
+    cache, logits = transformers.DynamicCache(), []
+    with torch.no_grad(), (press(model) if press is not None else contextlib.nullcontext()):
+        out = model(ids, past_key_values=cache, use_cache=True)
+        for _ in range(steps):
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(token, past_key_values=cache, use_cache=True)
+            logits.append(out.logits[0, -1])
+    return torch.stack(logits), cache
+
+
+def clear(model):
+    for layer in model.model.layers:
+        layer.self_attn.masked_key_indices = None
+
+
+def entries_attended(model, cache, length, decoded):
+    """Prompt entries each (layer, KV head) attends at the latest of `decoded` decode steps: stored less masked."""
+    counts = []
+    for layer, attention in zip(cache.layers, (a.self_attn for a in model.model.layers)):
+        stored = torch.full((layer.keys.shape[1],), layer.keys.shape[2] - decoded)
+        if getattr(attention, "masked_key_indices", None) is not None:
+            _, head, position = attention.masked_key_indices
+            stored -= torch.bincount(head[position < length], minlength=len(stored))
+        counts.append(stored)
+    return torch.stack(counts)
+
+
+@pytest.mark.parametrize("name", PRESSES)
+def test_every_press_at_full_budget_reproduces_the_uncompressed_logits(model, name):
+    ids = prompt_ids()
+    plain, _ = generate(model, ids, None)
+    pressed, _ = generate(model, ids, PRESSES[name](0.0))
+    clear(model)
+    assert torch.equal(plain, pressed)
+
+
+@pytest.mark.parametrize("name", PRESSES)
+def test_every_press_at_a_fifth_attends_a_fifth_of_the_prompt(model, name):
+    _, cache = generate(model, prompt_ids(), PRESSES[name](0.795), steps=1)  # kvpress floors 100 x (1 - 0.8) to 19
+    attended = entries_attended(model, cache, PROMPT, decoded=1)
+    clear(model)
+    kept = compute_n_kept(PROMPT, 0.795)
+    assert kept == 20
+    assert int(attended.sum()) == kept * attended.numel()  # over every (layer, KV head): the budget, exactly
+    assert bool((attended > 0).all())  # no head is left empty
+
+
+def test_madakv_keeps_text_and_spends_the_rest_by_visual_preference(model):
+    visual = torch.zeros(1, PROMPT, dtype=torch.bool)
+    visual[0, 10:70] = True  # 60 image entries, 40 text ones
+    press = MadaKVPress(compression_ratio=0.5, window_size=8, visual=visual)
+    prefill(model, prompt_ids(), press)
+    for attention in (a.self_attn for a in model.model.layers):
+        _, head, position = attention.masked_key_indices
+        assert bool(visual[0, position].all())  # only image entries are removed
+    removed = sum(len(a.self_attn.masked_key_indices[2]) for a in model.model.layers)
+    clear(model)
+    assert removed == (60 - 10) * 2 * 2  # each head keeps 50: all 40 text entries and 10 image ones on average
+
+
+def test_hybrid_dynamic_heads_retrieve_whole_chunks_and_the_rest_no_longer_reaches_the_answer(model):
+    ids = prompt_ids()
+    press = HybridPress(compression_ratio=0.8, window_size=8, chunk=4, dynamic_fraction=0.5)
+    cache, token = transformers.DynamicCache(), torch.tensor([[5]])
+    with torch.no_grad(), press(model):
+        model(ids, past_key_values=cache, use_cache=True)
+        assert press._retrieval, "no layer has a dynamic head"
+        saved = copy.deepcopy(cache)
+        first = model(token, past_key_values=cache, use_cache=True).logits[0, -1]
+        masks = {i: a.self_attn.masked_key_indices for i, a in enumerate(model.model.layers)}
+        for i, state in press._retrieval.items():
+            _, head, position = masks[i]
+            for j, h in enumerate(state.dynamic.tolist()):
+                kept = sorted(set(range(92)) - set(position[head == h].tolist()))
+                assert len(kept) == int(state.budgets[j])
+                chunks = {p // 4 for p in kept}
+                assert len(chunks) == -(-len(kept) // 4)  # whole chunks, the last one possibly cut
+        for layer, (b, h, s) in zip(saved.layers, masks.values()):  # scramble every entry masked at this step
+            keep_out = s < PROMPT
+            layer.values[b[keep_out], h[keep_out], s[keep_out]] = 100 * torch.randn_like(layer.values[b[keep_out], h[keep_out], s[keep_out]])
+        again = model(token, past_key_values=saved, use_cache=True).logits[0, -1]
+    clear(model)
+    torch.testing.assert_close(again, first, rtol=1e-4, atol=1e-4)
+
+
+def test_observed_presses_refuse_what_they_cannot_do(model):
+    with pytest.raises(ValueError, match=r"compression_ratio must lie in \[0, 1\)"):
+        MadaKVPress(compression_ratio=1.0)
+    with pytest.raises(ValueError, match="must be longer than window_size=128"):
+        prefill(model, prompt_ids(), HybridPress(compression_ratio=0.5, window_size=128))
+    clear(model)
+
+
+@pytest.mark.parametrize("name", ["MadaKV", "HybridKV"])
+def test_observed_presses_on_a_vision_language_models_language_tower(name):
+    """Qwen2.5-VL's multimodal rotary reaches the presses' window attention and decode-step queries."""
+    vlm = tiny_qwen(0)
+    grid = torch.tensor([[1, 8, 8]])  # 64 patches, 16 image tokens after the 2x2 merge
+    pixels = torch.randn(64, 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[1, 5, START] + [IMAGE] * 16 + [END] + list(range(10, 30))])
+    visual = ids == IMAGE
+    press = {"MadaKV": MadaKVPress, "HybridKV": HybridPress}[name](compression_ratio=0.3, window_size=4, visual=visual)
+    cache = transformers.DynamicCache()
+    with torch.no_grad(), press(vlm):
+        out = vlm(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, past_key_values=cache, use_cache=True)
+        vlm(input_ids=out.logits[:, -1].argmax(-1, keepdim=True), past_key_values=cache, use_cache=True)
+    layers = vlm.model.language_model.layers
+    removed = 0
+    for attention in (layer.self_attn for layer in layers):
+        _, _, position = attention.masked_key_indices
+        assert bool(visual[0, position].all())  # text is never removed
+        removed += len(position)
+        attention.masked_key_indices = None
+    kv_heads = cache.layers[0].keys.shape[1]
+    assert removed == (ids.shape[1] - compute_n_kept(ids.shape[1], 0.3)) * len(layers) * kv_heads

@@ -8,7 +8,9 @@ Each press follows kvpress's protocol: it compresses once, right after the promp
 later token attends what it kept. kvpress is imported here, so importing this package needs the extra.
 """
 
+from pilot_experiments.presses.hybrid import HybridPress
 from pilot_experiments.presses.look_m import LookMPress, merge_evicted
+from pilot_experiments.presses.madakv import MadaKVPress
 from pilot_experiments.presses.sparse_mm import SparseMMPress
 
-__all__ = ["LookMPress", "SparseMMPress", "merge_evicted"]
+__all__ = ["HybridPress", "LookMPress", "MadaKVPress", "SparseMMPress", "merge_evicted"]

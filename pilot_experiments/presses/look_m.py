@@ -10,6 +10,8 @@ from kvpress import SnapKVPress
 from kvpress.utils import compute_n_kept
 from torch import nn
 
+from pilot_experiments.presses.rope import text_rope
+
 MERGES = ("average", "pivotal", "none")
 
 
@@ -43,16 +45,8 @@ class LookMPress(SnapKVPress):
     @staticmethod
     def compute_window_attention(module: nn.Module, hidden_states: torch.Tensor, keys: torch.Tensor, window_size: int,
                                  position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """SnapKV's window attention, also for Qwen2.5-VL's language tower: where the rotary tables come one per
-        multimodal section (temporal, height, width: (3, batch, length, head_dim), as transformers 5.2 passes
-        them), they are first combined the way the model's own attention combines them; kvpress slices them as
-        if they were one table."""
-        cos, sin = position_embeddings
-        if cos.dim() == 4:
-            section = list(module.config.rope_parameters["mrope_section"]) * 2
-            cos, sin = (torch.cat([part[i % 3] for i, part in enumerate(t.split(section, dim=-1))], dim=-1)
-                        for t in (cos, sin))
-        return SnapKVPress.compute_window_attention(module, hidden_states, keys, window_size, (cos, sin))
+        """SnapKV's window attention, also for Qwen2.5-VL's language tower (`rope.text_rope`)."""
+        return SnapKVPress.compute_window_attention(module, hidden_states, keys, window_size, text_rope(module, position_embeddings))
 
     def score(self, module: nn.Module, hidden_states: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
               attentions: torch.Tensor, kwargs: dict) -> torch.Tensor:

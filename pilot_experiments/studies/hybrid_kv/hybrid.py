@@ -31,6 +31,26 @@ def rank_chunks(queries: torch.Tensor, mean_keys: torch.Tensor, chunk_valid: tor
     return torch.argsort(scores, dim=-1, descending=True, stable=True)
 
 
+def chunk_mean_keys(keys: torch.Tensor, valid: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean key of every chunk of `chunk` consecutive positions, over its valid entries, and which chunks hold any.
+    keys (batch, heads, chunks * chunk, head_dim); valid (batch, heads, chunks * chunk). Returns
+    (batch, heads, chunks, head_dim) in the keys' dtype and (batch, heads, chunks) bool."""
+    b, h, n, d = keys.shape
+    counts = valid.view(b, h, n // chunk, chunk).sum(-1)
+    summed = (keys.float() * valid.unsqueeze(-1)).view(b, h, n // chunk, chunk, d).sum(3)
+    return (summed / counts.clamp_min(1).unsqueeze(-1)).to(keys.dtype), counts > 0
+
+
+def take_chunks(queries: torch.Tensor, mean_keys: torch.Tensor, chunk_valid: torch.Tensor, entry_valid: torch.Tensor,
+                budgets: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk positions (batch, heads, chunks * chunk) in retrieval order and which of them are taken: the valid
+    entries of the best chunks (`rank_chunks`), cut at each head's budget (heads,)."""
+    order = rank_chunks(queries, mean_keys, chunk_valid)
+    ranked = (order.unsqueeze(-1) * chunk + torch.arange(chunk, device=order.device)).flatten(2)
+    valid = entry_valid.gather(2, ranked)
+    return ranked, valid & (valid.cumsum(-1) <= budgets.view(1, -1, 1))
+
+
 class RetrievalLayerCache(LayerCache):
     """A layer cache whose `dynamic` KV heads attend, per decode step, to `budgets[h]` visual
     entries taken from their best chunks (see the module docstring). Chunks are `chunk`
@@ -49,10 +69,7 @@ class RetrievalLayerCache(LayerCache):
         self.slots = padded  # hot slot of every chunk position (-1: padding), while not offloaded
         keys, valid = self._chunk_view("keys")
         self.entry_valid = valid  # (batch, n_dyn, chunks * chunk)
-        counts = valid.view(*valid.shape[:2], n_chunks, chunk).sum(-1)
-        self.chunk_valid = counts > 0
-        summed = (keys.float() * valid.unsqueeze(-1)).view(*valid.shape[:2], n_chunks, chunk, self.head_dim).sum(3)
-        self.mean_keys = (summed / counts.clamp_min(1).unsqueeze(-1)).to(self.dtype)
+        self.mean_keys, self.chunk_valid = chunk_mean_keys(keys, valid, chunk)
         self.cold: dict[str, torch.Tensor | QuantBlock] | None = None  # set by `compact`
         self.work_start: torch.Tensor | None = None  # (batch, n_dyn) first working slot
         self.work_region: torch.Tensor | None = None  # (batch, kv_heads, n) working slots
@@ -81,11 +98,7 @@ class RetrievalLayerCache(LayerCache):
     def retrieve(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Chunk positions (batch, n_dyn, chunks*chunk) in retrieval order, and which of them are
         taken: the valid entries of the best chunks, cut at each head's budget."""
-        order = rank_chunks(queries, self.mean_keys, self.chunk_valid)
-        ranked = (order.unsqueeze(-1) * self.chunk + torch.arange(self.chunk, device=order.device)).flatten(2)
-        valid = self.entry_valid.gather(2, ranked)
-        taken = valid & (valid.cumsum(-1) <= self.budgets[self.dyn].view(1, -1, 1))
-        return ranked, taken
+        return take_chunks(queries, self.mean_keys, self.chunk_valid, self.entry_valid, self.budgets[self.dyn], self.chunk)
 
     # -- attention ----------------------------------------------------------------------------
     def read(self, n_new: int):
