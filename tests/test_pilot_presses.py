@@ -12,11 +12,16 @@ import torch
 kvpress = pytest.importorskip("kvpress", reason="the presses need: pip install -e '.[kvpress]'")
 transformers = pytest.importorskip("transformers")
 
-from kvpress.utils import compute_n_kept  # noqa: E402
+from kvpress.utils import compute_n_kept
+from tiny_qwen import END, IMAGE, START, tiny_qwen
 
-from tiny_qwen import END, IMAGE, START, tiny_qwen  # noqa: E402
-
-from pilot_experiments.presses import HybridPress, LookMPress, MadaKVPress, SparseMMPress, merge_evicted  # noqa: E402
+from pilot_experiments.presses import (
+    HybridPress,
+    LookMPress,
+    MadaKVPress,
+    SparseMMPress,
+    merge_evicted,
+)
 
 PROMPT = 100
 
@@ -234,7 +239,7 @@ def test_madakv_keeps_text_and_spends_the_rest_by_visual_preference(model):
     press = MadaKVPress(compression_ratio=0.5, window_size=8, visual=visual)
     prefill(model, prompt_ids(), press)
     for attention in (a.self_attn for a in model.model.layers):
-        _, head, position = attention.masked_key_indices
+        _, _, position = attention.masked_key_indices
         assert bool(visual[0, position].all())  # only image entries are removed
     removed = sum(len(a.self_attn.masked_key_indices[2]) for a in model.model.layers)
     clear(model)
