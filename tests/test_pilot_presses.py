@@ -301,3 +301,36 @@ def test_observed_presses_on_a_vision_language_models_language_tower(name):
         attention.masked_key_indices = None
     kv_heads = cache.layers[0].keys.shape[1]
     assert removed == (ids.shape[1] - compute_n_kept(ids.shape[1], 0.3)) * len(layers) * kv_heads
+
+
+def test_the_kvpress_comparison_runs_every_press_on_a_vision_language_models_picture_path(tmp_path):
+    """`hybrid-kv --engine kvpress --model DIR` on a tiny random Qwen2.5-VL: SynthVis pictures, every press at one
+    budget; all attend the same share of the context (the budget), below the uncompressed whole."""
+    from tiny_qwen import save_tiny_checkpoint
+
+    from pilot_experiments.presses.compare import (
+        PRESSES,
+        TEXT_ONLY,
+        CompareConfig,
+        CompareError,
+        compare,
+    )
+
+    path = save_tiny_checkpoint(tmp_path / "tiny-qwen")
+    rows = compare(CompareConfig(model=str(path), episodes=1, budgets=(0.5,), max_new=3)).metrics["rows"]
+    assert [r["press"] for r in rows] == ["no compression"] + [label for key, (label, _) in PRESSES.items() if key not in TEXT_ONLY]
+    shares = {round(r["context_attended_pct"], 6) for r in rows[1:]}
+    assert len(shares) == 1 and 0 < shares.pop() < 100
+    assert all(0 <= r["top1_agreement_pct"] <= 100 for r in rows)
+    with pytest.raises(CompareError, match="expected-attention cannot run on tiny-qwen: kvpress 0.5.5 averages"):
+        compare(CompareConfig(model=str(path), episodes=1, presses=("expected-attention",)))
+
+
+def test_the_kvpress_comparison_refuses_bad_arguments_in_one_line(capsys):
+    from pilot_experiments.__main__ import main
+
+    assert main(["hybrid-kv", "--engine", "kvpress", "--press", "h2o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown press 'h2o'; choose from snapkv, adakv") and "\n" not in err
+    assert main(["hybrid-kv", "--engine", "kvpress", "--budget", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "error: budget 1.5 must lie in (0, 1]: the share of the image's entries kept"

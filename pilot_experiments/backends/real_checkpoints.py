@@ -55,16 +55,21 @@ class RealTextConfig:
     threads: int = 1
 
 
-def caption_prompt(backend: HFBackend, scene: Scene) -> HFInputs:
-    """The scene and the instruction in the checkpoint's chat format; description tokens visual."""
-    tok = backend.tokenizer
+def caption_parts(tokenizer, scene: Scene) -> tuple[list[int], list[int], list[int]]:
+    """Token ids of the scene and the instruction in the checkpoint's chat format: what comes before the
+    description, the description, and the rest (the instruction and the assistant's turn)."""
     message = f"{_SLOT}\n\n{INSTRUCTION}"
-    if tok.chat_template:
-        text = tok.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True)
     else:
         text = f"{message}\nCaption:"
     before, after = text.split(_SLOT)
-    parts = [tok(p, add_special_tokens=False).input_ids for p in (before, scene.description, after)]
+    return tuple(tokenizer(p, add_special_tokens=False).input_ids for p in (before, scene.description, after))
+
+
+def caption_prompt(backend: HFBackend, scene: Scene) -> HFInputs:
+    """The scene and the instruction in the checkpoint's chat format; description tokens visual."""
+    parts = caption_parts(backend.tokenizer, scene)
     ids = torch.tensor([parts[0] + parts[1] + parts[2]], device=backend.device)
     inputs = backend.embed_tokens(ids, torch.arange(ids.shape[1], device=ids.device)[None])
     inputs.modality[0, len(parts[0]) : len(parts[0]) + len(parts[1])] = VISUAL

@@ -54,7 +54,7 @@ class SparseMMPress(SnapKVPress):
         if module.config._attn_implementation == "eager":
             raise ValueError("SparseMMPress masks heads through kvpress's attention patch: load the model with "
                              "attn_implementation='sdpa'")
-        batch, heads, length, _ = keys.shape
+        _, heads, length, _ = keys.shape
         if self.head_scores.shape[1] != heads or module.layer_idx >= self.head_scores.shape[0]:
             raise ValueError(f"head_scores {tuple(self.head_scores.shape)} do not match the model's layers and its "
                              f"{heads} KV heads")

@@ -43,8 +43,8 @@ STUDIES = (
           "cache budget and operator (pruning, retrieval or quantization), compared with uniform baselines.",
           "A 3 M-parameter model on synthetic pictures and videos: how the policies rank here need not carry over "
           "to a real VLM (on the real SmolLM2-135M weights the ranking reverses, see Real checkpoints).",
-          (("hybrid-kv", "Study"),),
-          ("pilot_experiments/studies/hybrid_kv", "pilot_experiments/kvcache.py", *MODEL_CODE)),
+          (("hybrid-kv", "Study"), ("hybrid-kv-kvpress", "Beside kvpress's presses on SmolLM2-135M (kvpress's protocol)")),
+          ("pilot_experiments/studies/hybrid_kv", "pilot_experiments/kvcache.py", "pilot_experiments/presses", *MODEL_CODE)),
     Study("relaxed-spec", "Relaxed speculative decoding",
           "A draft that sees a fraction of the visual tokens proposes tokens; verification is strict on words "
           "that carry visual content and relaxed on function words.",

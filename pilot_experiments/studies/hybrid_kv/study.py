@@ -338,6 +338,12 @@ def run(cfg: HybridKVConfig) -> harness.StudyRecord:
 
 
 def run_cli(args) -> int:
+    if args.engine == "kvpress":
+        try:
+            from pilot_experiments.presses import compare
+        except ImportError as err:
+            raise harness.HarnessError(f"--engine kvpress needs kvpress and transformers ({err}): pip install -e '.[hf,kvpress]'") from None
+        return compare.run_cli(args)
     study, device = harness.checkpoint_run(args, STUDY)
     cfg = config_for(args.preset, str(device), model=args.model, dtype=args.dtype)
     path = harness.run_study(study, args.preset, run, cfg, seed=cfg.seed, device=device, results_dir=Path(args.results_dir))
@@ -349,4 +355,9 @@ def register_cli(subparsers) -> None:
     p = subparsers.add_parser(STUDY, help="hybrid KV-cache compression by head type vs LOOK-M, MadaKV, SparseMM (survey Tables 7-8)")
     p.add_argument("--preset", choices=list(PRESETS), default="cpu")
     harness.add_checkpoint_arguments(p)
+    p.add_argument("--engine", choices=("study", "kvpress"), default="study",
+                   help="kvpress: our presses beside kvpress's on SmolLM2 (or --model, a Qwen2.5-VL directory), kvpress's protocol")
+    p.add_argument("--press", action="append", help="with --engine kvpress: a press to run (repeatable; default: all)")
+    p.add_argument("--budget", action="append", type=float, help="with --engine kvpress: share of the image entries kept (repeatable; default: 0.5 and 0.2)")
+    p.add_argument("--episodes", type=int, help="with --engine kvpress: prompts to run (default: every written scene, or 8 pictures)")
     p.set_defaults(handler=run_cli)
