@@ -37,7 +37,7 @@ from kvpress import (
 )
 from transformers import DynamicCache
 
-from pilot_experiments import harness, synthvis
+from pilot_experiments import harness, metrics, synthvis
 from pilot_experiments.backends.english import content_f1
 from pilot_experiments.backends.hf import HFBackend, _rope_index
 from pilot_experiments.backends.packaged import smollm2_gguf
@@ -145,8 +145,26 @@ def keeping(length: int, kept: int) -> float:
     return (length - kept - 0.5) / length
 
 
-def attended_share(model, cache: DynamicCache, context: int, appended: int) -> float:
-    """Share of the context's entries a decode step attends, over every (layer, KV head): stored less masked."""
+@dataclass
+class Run:
+    """One answer: its tokens; the context entries a decode step attends over every (layer, KV head), of how many,
+    and their bytes; seconds to the first token (context prefill and question) and per later token (median)."""
+
+    tokens: list[int]
+    attended: int
+    context_entries: int
+    kv_bytes: int
+    ttft_s: float
+    tpot_s: float
+
+    @property
+    def share(self) -> float:
+        return self.attended / self.context_entries
+
+
+def attended_entries(model, cache: DynamicCache, context: int, appended: int) -> tuple[int, int, int]:
+    """Context entries a decode step attends, over every (layer, KV head): stored less masked; the context's entries
+    in all; the bytes of one entry (key and value)."""
     layers = model.model.language_model.layers if hasattr(model.model, "language_model") else model.model.layers
     total, attended = 0, 0
     for layer, block in zip(cache.layers, layers):
@@ -157,31 +175,35 @@ def attended_share(model, cache: DynamicCache, context: int, appended: int) -> f
             stored -= int((indices[2] < context).sum())
             block.self_attn.masked_key_indices = None
         total, attended = total + context * heads, attended + stored
-    return attended / total
+    entry = 2 * cache.layers[0].keys.shape[-1] * cache.layers[0].keys.element_size()
+    return attended, total, entry
 
 
 @torch.no_grad()
 def run_episode(model, episode: Episode, press: BasePress | None, max_new: int, eos: int | None,
-                forced: list[int] | None = None) -> tuple[list[int], float]:
+                forced: list[int] | None = None) -> Run:
     """Prefill the context under `press`, feed the question, then decode greedily (or, with `forced`, feed those
-    tokens and return the model's greedy choice at each step): the tokens and the share of the context attended."""
+    tokens and record the model's greedy choice at each step)."""
     cache, context = DynamicCache(), episode.context["input_ids"].shape[1]
-    positions = episode.positions
+    positions, clock = episode.positions, metrics.Clock(episode.question.device)
     with multimodal_rope(model), press(model) if press is not None else nullcontext():
+        begun = clock.start()
         model.model(**episode.context, past_key_values=cache, use_cache=True)
         for i in range(episode.question.shape[1]):  # a token at a time: kvpress's masking finds its fake keys per step
             step = positions[..., context + i:context + i + 1]
             out = model(input_ids=episode.question[:, i:i + 1], past_key_values=cache, position_ids=step, use_cache=True)
         tokens = [int(out.logits[0, -1].argmax())]
+        ttft, per_token = clock.stop(begun), []
         for i in range(len(forced) - 1 if forced is not None else max_new - 1):
             if forced is None and tokens[-1] == eos:
                 break
-            step = step + 1
+            begun, step = clock.start(), step + 1
             fed = forced[i] if forced is not None else tokens[-1]
             out = model(input_ids=torch.tensor([[fed]], device=episode.question.device), past_key_values=cache, position_ids=step, use_cache=True)
             tokens.append(int(out.logits[0, -1].argmax()))
-        share = attended_share(model, cache, context, episode.question.shape[1] + len(tokens) - 1)
-    return tokens, share
+            per_token.append(clock.stop(begun))
+        attended, total, entry = attended_entries(model, cache, context, episode.question.shape[1] + len(tokens) - 1)
+    return Run(tokens, attended, total, attended * entry, ttft, statistics.median(per_token) if per_token else float("nan"))
 
 
 def compare(cfg: CompareConfig) -> harness.StudyRecord:
@@ -206,7 +228,7 @@ def compare(cfg: CompareConfig) -> harness.StudyRecord:
     got: dict[tuple[str, float], dict[str, list[float]]] = {}
     reference_f1 = []
     for episode in episodes:
-        reference, _ = run_episode(model, episode, None, cfg.max_new, eos)
+        reference = run_episode(model, episode, None, cfg.max_new, eos).tokens
         reference_text = tokenizer.decode(reference, skip_special_tokens=True)
         reference_f1.append(content_f1(reference_text, episode.references))
         context, image = episode.visual.shape[1], int(episode.visual.sum())
@@ -214,11 +236,11 @@ def compare(cfg: CompareConfig) -> harness.StudyRecord:
             ratio = keeping(context, context - image + round(budget * image))
             for name in presses:
                 press = PRESSES[name][1](ratio, episode.visual)
-                tokens, share = run_episode(model, episode, press, cfg.max_new, eos)
-                greedy, _ = run_episode(model, episode, press, cfg.max_new, eos, forced=reference)
+                run = run_episode(model, episode, press, cfg.max_new, eos)
+                tokens, greedy = run.tokens, run_episode(model, episode, press, cfg.max_new, eos, forced=reference).tokens
                 text = tokenizer.decode(tokens, skip_special_tokens=True)
                 row = got.setdefault((name, budget), {})
-                for key, value in (("f1", content_f1(text, episode.references)), ("share", share),
+                for key, value in (("f1", content_f1(text, episode.references)), ("share", run.share),
                                    ("agree", sum(a == b for a, b in zip(greedy, reference)) / len(reference)),
                                    ("same", float(tokens == reference))):
                     row.setdefault(key, []).append(value)
