@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pilot_experiments import fast_decode, kv_memory, roofline, train
+from pilot_experiments import fast_decode, gpu_suite, kv_memory, roofline, train
 from pilot_experiments.backends import BackendError, real_checkpoints
 from pilot_experiments.harness import HarnessError
+from pilot_experiments.lmms import task as lmms_task
 from pilot_experiments.studies.hybrid_kv import study as hybrid_kv
 from pilot_experiments.studies.relaxed_spec import cli as relaxed_spec
 from pilot_experiments.studies.relaxed_spec.study import StudyError
@@ -30,6 +31,8 @@ COMMANDS = [
     real_checkpoints.register_cli,
     fast_decode.register_cli,
     kv_memory.register_cli,
+    lmms_task.register_cli,
+    gpu_suite.register_cli,
 ]
 
 USAGE_ERRORS = (BackendError, HarnessError, StudyError, train.TrainingError)
