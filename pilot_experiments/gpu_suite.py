@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pilot_experiments import harness
+from pilot_experiments.backends.hf import check_checkpoint
 from pilot_experiments.harness import HarnessError
 
 SUITE_MINUTES = 30
@@ -30,15 +31,6 @@ class Run:
     name: str
     argv: tuple[str, ...]
     minutes: int
-
-
-def check_checkpoint(path: Path) -> Path:
-    """The checkpoint directory, refused in one line when it is missing or holds no config or weights."""
-    if not path.is_dir():
-        raise HarnessError(f"--model {path}: no such directory; pass a local Qwen2.5-VL checkpoint directory")
-    if not (path / "config.json").exists() or not any(any(path.glob(p)) for p in ("*.safetensors", "*.bin")):
-        raise HarnessError(f"--model {path}: no config.json or no weights (*.safetensors) in it; download the checkpoint into it first")
-    return path
 
 
 def runs(model: Path, out: Path) -> list[Run]:
@@ -63,6 +55,8 @@ def runs(model: Path, out: Path) -> list[Run]:
 
 def run_suite(model: Path, out: Path, *, dry_run: bool) -> list[dict]:
     """Each run's outcome (or, dry, what would run)."""
+    if not model.is_dir():
+        raise HarnessError(f"--model {model}: pass a local Qwen2.5-VL checkpoint directory")
     suite = runs(check_checkpoint(model), out)
     if dry_run:
         return [{"run": r.name, "limit_min": r.minutes, "command": " ".join(r.argv)} for r in suite]

@@ -39,13 +39,13 @@ def test_every_run_writes_under_out_and_the_limits_fit_the_suite(checkpoint, tmp
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda p: p / "missing", "no such directory"),
-    (lambda p: p, "no config.json or no weights (*.safetensors) in it; download the checkpoint into it first"),
+    (lambda p: p / "missing", "missing: pass a local Qwen2.5-VL checkpoint directory"),
+    (lambda p: p, "holds no config.json or no weights (*.safetensors); download the checkpoint into it first"),
 ])
 def test_a_checkpoint_directory_without_weights_is_refused_in_one_line(tmp_path, capsys, make, message):
     assert main(["gpu-suite", "--model", str(make(tmp_path)), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --model ") and message in err and "\n" not in err
+    assert err.startswith("error: ") and message in err and "\n" not in err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -15,6 +15,7 @@ pytest.importorskip("kvpress", reason="the lmms-eval model runs our presses: pip
 
 from tiny_qwen import save_tiny_checkpoint  # noqa: E402
 
+from pilot_experiments.backends.base import BackendError  # noqa: E402
 from pilot_experiments.lmms.model import LmmsError, PressedVLM  # noqa: E402
 from pilot_experiments.lmms.task import build_task  # noqa: E402
 
@@ -64,5 +65,5 @@ def test_bad_model_arguments_are_refused_with_the_fix(checkpoint, kwargs, messag
 
 
 def test_a_directory_without_weights_is_refused(tmp_path):
-    with pytest.raises(LmmsError, match="no config.json or no weights"):
+    with pytest.raises(BackendError, match="holds no config.json or no weights"):
         PressedVLM(pretrained=str(tmp_path))

@@ -334,3 +334,12 @@ def test_the_kvpress_comparison_refuses_bad_arguments_in_one_line(capsys):
     assert err.startswith("error: unknown press 'h2o'; choose from snapkv, adakv") and "\n" not in err
     assert main(["hybrid-kv", "--engine", "kvpress", "--budget", "1.5"]) == 2
     assert capsys.readouterr().err.strip() == "error: budget 1.5 must lie in (0, 1]: the share of the image's entries kept"
+
+
+def test_the_kvpress_comparison_refuses_a_model_directory_without_weights(tmp_path, capsys):
+    from pilot_experiments.__main__ import main
+
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["hybrid-kv", "--engine", "kvpress", "--model", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {tmp_path} holds no config.json or no weights (*.safetensors); "
+                                               "download the checkpoint into it first")

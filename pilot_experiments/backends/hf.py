@@ -30,6 +30,22 @@ from pilot_experiments.model import Inputs, Output
 
 ATTENTION_NAME = "pilot_kv"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+WEIGHT_FILES = ("*.safetensors", "*.bin")
+
+
+def check_checkpoint(path: str | Path) -> Path:
+    """`path` as a checkpoint: a `.gguf` file, or a directory with `config.json` and weights; otherwise a
+    `BackendError` that says what is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise BackendError(f"no checkpoint at {path}; pass a local directory or a .gguf file")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise BackendError(f"{path} is a file but not a .gguf; pass the checkpoint's directory instead")
+        return path
+    if not (path / "config.json").exists() or not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise BackendError(f"{path} holds no config.json or no weights (*.safetensors); download the checkpoint into it first")
+    return path
 
 
 def _transformers():
@@ -178,12 +194,8 @@ class HFBackend:
         """Load a checkpoint directory (config + safetensors) or a single `.gguf` file, with its
         tokenizer when one is there (else `tokenizer` is None)."""
         tf = _transformers()
-        path = Path(path)
-        if not path.exists():
-            raise BackendError(f"no checkpoint at {path}; pass a local directory or a .gguf file")
+        path = check_checkpoint(path)
         where, extra = (str(path.parent), {"gguf_file": path.name}) if path.is_file() else (str(path), {})
-        if path.is_file() and path.suffix != ".gguf":
-            raise BackendError(f"{path} is a file but not a .gguf; pass the checkpoint's directory instead")
         config = tf.AutoConfig.from_pretrained(where, **extra)
         model_cls = tf.Qwen2_5_VLForConditionalGeneration if config.model_type == "qwen2_5_vl" else tf.AutoModelForCausalLM
         model = model_cls.from_pretrained(where, dtype=dtype, **extra).to(device)

@@ -29,22 +29,10 @@ from pilot_experiments.presses.compare import (
     run_episode,
 )
 
-WEIGHTS = ("*.safetensors", "*.bin", "*.gguf")
-
 
 class LmmsError(HarnessError):
-    """Model arguments lmms-eval passed that cannot work (unknown press, budget outside (0, 1], no weights)."""
-
-
-def check_model_dir(path: str | Path) -> Path:
-    """The checkpoint directory, refused with the fix when it holds no config or no weights."""
-    path = Path(path)
-    if not path.is_dir():
-        raise LmmsError(f"pretrained={path}: no such directory; pass a local Qwen2.5-VL checkpoint directory")
-    if not (path / "config.json").exists() or not any(any(path.glob(p)) for p in WEIGHTS):
-        raise LmmsError(f"pretrained={path}: the directory has no config.json or no weights (*.safetensors); "
-                        "download the checkpoint into it first")
-    return path
+    """Model arguments lmms-eval passed that cannot work (unknown press, budget outside (0, 1]); a checkpoint directory
+    without weights is the backend's `BackendError`."""
 
 
 class PressedVLM(lmms):
@@ -62,7 +50,7 @@ class PressedVLM(lmms):
         budget = float(budget)
         if not 0 < budget <= 1:
             raise LmmsError(f"budget={budget} must lie in (0, 1]: the share of the image's entries kept")
-        self.prompter = ChatPrompter.from_pretrained(check_model_dir(pretrained), dtype=getattr(torch, dtype), device=device)
+        self.prompter = ChatPrompter.from_pretrained(pretrained, dtype=getattr(torch, dtype), device=device)
         self.model = self.prompter.backend.model
         if self.model.config._attn_implementation == "eager":
             self.model.set_attn_implementation("sdpa")  # kvpress masks heads through its sdpa patch
