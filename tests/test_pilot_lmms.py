@@ -58,6 +58,8 @@ def test_the_model_attends_less_of_the_picture_under_a_press(checkpoint):
     ({"press": "h2o"}, "press=h2o: unknown; choose none or one of snapkv"),
     ({"press": "expected-attention"}, "press=expected-attention cannot run on Qwen2.5-VL"),
     ({"press": "hybridkv", "budget": "1.5"}, "budget=1.5 must lie in (0, 1]"),
+    ({"rule": "lenient"}, "rule=lenient: unknown; choose none or one of strict"),
+    ({"rule": "strict", "press": "snapkv"}, "press=snapkv and rule=strict: choose one"),
 ])
 def test_bad_model_arguments_are_refused_with_the_fix(checkpoint, kwargs, message):
     with pytest.raises(LmmsError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
@@ -67,3 +69,17 @@ def test_bad_model_arguments_are_refused_with_the_fix(checkpoint, kwargs, messag
 def test_a_directory_without_weights_is_refused(tmp_path):
     with pytest.raises(BackendError, match="holds no config.json or no weights"):
         PressedVLM(pretrained=str(tmp_path))
+
+
+@pytest.mark.parametrize("rule", ["strict", "function-word"])
+def test_relaxed_verification_answers_and_logs_tokens_per_target_pass(checkpoint, rule):
+    from PIL import Image
+
+    picture = [Image.new("RGB", (64, 64), (30, 200, 30))]
+    model = PressedVLM(pretrained=str(checkpoint), rule=rule, gamma=3, draft_keep=0.25)
+    text, figures = model.answer_speculatively(picture, "What colour is it?", 6)
+    assert isinstance(text, str) and 1 <= figures["tokens"] <= 6
+    assert 1.0 <= figures["tokens_per_target_pass"] <= 4.0  # at most gamma drafted tokens plus the target's own
+    if rule == "strict":  # strict verification with greedy drafts gives the target's own greedy answer
+        plain = PressedVLM(pretrained=str(checkpoint)).answer(picture, "What colour is it?", 6)[0]
+        assert text == plain
