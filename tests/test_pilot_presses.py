@@ -343,3 +343,22 @@ def test_the_kvpress_comparison_refuses_a_model_directory_without_weights(tmp_pa
     assert main(["hybrid-kv", "--engine", "kvpress", "--model", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (f"error: {tmp_path} holds no config.json or no weights (*.safetensors); "
                                                "download the checkpoint into it first")
+
+
+@pytest.mark.parametrize("press_class", [LookMPress, MadaKVPress, HybridPress])
+def test_the_readme_example_generate_runs_under_each_press_on_a_vision_language_model(press_class):
+    """`with Press(...)(model): model.generate(...)` on Qwen2.5-VL: unchanged at no compression, and it runs at 30 %."""
+    from tiny_qwen import token_types
+
+    vlm = tiny_qwen(0)
+    grid = torch.tensor([[1, 8, 8]])
+    pixels = torch.randn(64, 3 * 2 * 4 * 4, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([[1, 5, START] + [IMAGE] * 16 + [END] + list(range(10, 30))])
+    kwargs = dict(pixel_values=pixels, image_grid_thw=grid, max_new_tokens=4, do_sample=False, **token_types(vlm, ids, IMAGE))
+    plain = vlm.generate(ids, **kwargs)
+    with press_class(compression_ratio=0.0, window_size=4, visual=ids == IMAGE)(vlm):
+        assert torch.equal(vlm.generate(ids, **kwargs), plain)
+    with press_class(compression_ratio=0.3, window_size=4, visual=ids == IMAGE)(vlm):
+        assert vlm.generate(ids, **kwargs).shape == plain.shape
+    for layer in vlm.model.language_model.layers:
+        layer.self_attn.masked_key_indices = None
