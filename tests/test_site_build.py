@@ -235,6 +235,7 @@ def test_pilot_pages_show_results_or_say_not_yet_run(site):
     assert "<table>" in serving and "monolithic" in serving
     assert "&lt;script&gt;alert(5)&lt;/script&gt;" in serving  # raw HTML in a results table stays text
     assert (site.site_dir / "pilots" / "serving" / "smoke-cpu.json").is_file()
+    assert "Run it with <code>python -m pilot_experiments serving --preset cpu</code>" in serving  # the study's own command
     assert "Not yet run" in site.html("pilots/hybrid-kv/")
 
 

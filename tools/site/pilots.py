@@ -24,8 +24,8 @@ RESULTS_DIR = Path("pilot_experiments") / "results"
 
 @dataclass(frozen=True)
 class Study:
-    """One pilot page: the study, what it can and cannot show, and the results folders (with their labels) and
-    code it documents."""
+    """One pilot page: the study, what it can and cannot show, the results folders (with their labels) and code it
+    documents, and the command that runs it (empty when unknown)."""
 
     slug: str
     title: str
@@ -33,6 +33,7 @@ class Study:
     caveat: str
     folders: tuple[tuple[str, str], ...]
     code: tuple[str, ...]
+    command: str = ""
 
 
 MODEL_CODE = ("pilot_experiments/model.py", "pilot_experiments/synthvis.py", "pilot_experiments/train.py")
@@ -44,20 +45,23 @@ STUDIES = (
           "A 3 M-parameter model on synthetic pictures and videos: how the policies rank here need not carry over "
           "to a real VLM (on the real SmolLM2-135M weights the ranking reverses, see Real checkpoints).",
           (("hybrid-kv", "Study"),),
-          ("pilot_experiments/studies/hybrid_kv", "pilot_experiments/kvcache.py", *MODEL_CODE)),
+          ("pilot_experiments/studies/hybrid_kv", "pilot_experiments/kvcache.py", *MODEL_CODE),
+          "python -m pilot_experiments hybrid-kv --preset cpu"),
     Study("relaxed-spec", "Relaxed speculative decoding",
           "A draft that sees a fraction of the visual tokens proposes tokens; verification is strict on words "
           "that carry visual content and relaxed on function words.",
           "Speedups are wall-clock times of small models on a CPU, where Python dispatch dominates each step; "
           "they say little about a GPU, and values below 1 are expected.",
-          (("relaxed-spec", "Study"),), ("pilot_experiments/studies/relaxed_spec", *MODEL_CODE)),
+          (("relaxed-spec", "Study"),), ("pilot_experiments/studies/relaxed_spec", *MODEL_CODE),
+          "python -m pilot_experiments relaxed-spec --preset cpu"),
     Study("streaming", "Streaming video state",
           "Memory, latency and accuracy of cache policies for an unbounded video stream, from a sliding window "
           "to a hierarchical memory that retrieves old frames on demand.",
           "Few questions about the far past per run, so far-past accuracies move a lot between checkpoints; "
           "latencies are CPU wall-clock times.",
           (("streaming", "Study"),),
-          ("pilot_experiments/studies/streaming", "pilot_experiments/kvcache.py", *MODEL_CODE)),
+          ("pilot_experiments/studies/streaming", "pilot_experiments/kvcache.py", *MODEL_CODE),
+          "python -m pilot_experiments streaming --preset cpu"),
     Study("serving", "Disaggregated serving",
           "A discrete-event simulation of monolithic, stage-disaggregated, modality-partitioned and "
           "SM-multiplexed serving at equal GPU count, with goodput and tail latency per workload.",
@@ -65,12 +69,13 @@ STUDIES = (
           "cluster; the validation runs check the simulator against a small real deployment.",
           (("serving", "Simulation"), ("serving-validation", "Validation against a measured deployment"),
            ("serving-validation-vit-s", "Validation with a real ViT-S encoder")),
-          ("pilot_experiments/studies/serving",)),
+          ("pilot_experiments/studies/serving",), "python -m pilot_experiments serving --preset cpu"),
     Study("reference-models", "Reference LVLM",
           "The small vision-language models the studies run on, trained reproducibly on SynthVis: the target "
           "and the draft used by speculative decoding.",
           "Trained on a synthetic visual world for minutes on a CPU; their quality is only meaningful there.",
-          (("train-target", "Target model"), ("train-draft", "Draft model")), MODEL_CODE),
+          (("train-target", "Target model"), ("train-draft", "Draft model")), MODEL_CODE,
+          "python -m pilot_experiments train --size target --preset cpu"),
     Study("hybrid-kv-kvpress", "KV policies in kvpress",
           "The hybrid-kv study's policies (LOOK-M, MadaKV, HybridKV) as kvpress presses, beside kvpress's own "
           "(SnapKV, AdaKV, StreamingLLM, TOVA, ExpectedAttention) on one model, the same prompts and the same "
@@ -78,12 +83,14 @@ STUDIES = (
           "SmolLM2-135M on ten written scenes, the description standing in for the picture: a ranking here says "
           "little about a real VLM, and with ten prompts most differences are within the intervals.",
           (("hybrid-kv-kvpress", "SmolLM2-135M on written scenes"),),
-          ("pilot_experiments/presses", "pilot_experiments/studies/hybrid_kv", "pilot_experiments/backends")),
+          ("pilot_experiments/presses", "pilot_experiments/studies/hybrid_kv", "pilot_experiments/backends"),
+          "python -m pilot_experiments hybrid-kv --engine kvpress"),
     Study("real-checkpoints", "Real checkpoints",
           "The studies' mechanics run on real pretrained weights (SmolLM2-135M, a ViT-S) through the "
           "transformers backend.",
           "Text scenes and a small language model, not a vision-language benchmark.",
-          (("real-checkpoints", "Mechanics on real weights"),), ("pilot_experiments/backends",)),
+          (("real-checkpoints", "Mechanics on real weights"),), ("pilot_experiments/backends",),
+          "python -m pilot_experiments real-checkpoints"),
 )
 ROOFLINE_RESULTS = "roofline"  # results/roofline/ holds `python -m pilot_experiments roofline` runs
 ROOF_COLOURS = ("#5c6bc0", "#26a69a", "#ef6c00", "#8d6e63")
